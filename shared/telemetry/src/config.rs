@@ -1,0 +1,472 @@
+//! Telemetry settings, read once at start from the standard `OTEL_*` variables.
+//!
+//! The SDK reads some of these variables itself but silently ignores a value it cannot
+//! parse (a typo in `OTEL_TRACES_SAMPLER` quietly samples everything). Here every value
+//! is parsed up front and a bad one stops the service with an error naming the variable.
+//! The parsed values are then handed to the SDK explicitly, so what you see here is what
+//! runs, and tests can build a [`TelemetryConfig`] without touching the process environment.
+
+use std::time::Duration;
+
+/// Where finished spans go (`OTEL_TRACES_EXPORTER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exporter {
+    /// OTLP to a Collector (the default).
+    Otlp,
+    /// Human-readable spans on stdout, for local debugging.
+    Console,
+}
+
+/// The OTLP transport (`OTEL_EXPORTER_OTLP_PROTOCOL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+/// `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SamplerConfig {
+    AlwaysOn,
+    AlwaysOff,
+    TraceIdRatio(f64),
+    ParentBasedAlwaysOn,
+    ParentBasedAlwaysOff,
+    ParentBasedTraceIdRatio(f64),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OtlpConfig {
+    pub protocol: OtlpProtocol,
+    /// Full URL: for HTTP it includes the `/v1/traces` path.
+    pub endpoint: String,
+    pub timeout: Duration,
+}
+
+/// Batch span processor settings (`OTEL_BSP_*`). When the queue is full, new spans are
+/// dropped: size it for the peak span rate times the schedule delay. Each export is
+/// bounded by `OTEL_EXPORTER_OTLP_TIMEOUT` (the SDK's thread-based processor does not
+/// read `OTEL_BSP_EXPORT_TIMEOUT`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchSettings {
+    pub max_queue_size: usize,
+    pub max_export_batch_size: usize,
+    pub scheduled_delay: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetryConfig {
+    /// `service.name`: `OTEL_SERVICE_NAME`, else `service.name` in
+    /// `OTEL_RESOURCE_ATTRIBUTES`, else the binary's own name.
+    pub service_name: String,
+    /// `service.version`: the crate version unless `OTEL_RESOURCE_ATTRIBUTES` sets it.
+    pub service_version: String,
+    /// Every other resource attribute from `OTEL_RESOURCE_ATTRIBUTES`;
+    /// `deployment.environment.name` defaults to `local`.
+    pub resource_attributes: Vec<(String, String)>,
+    /// Empty when `OTEL_TRACES_EXPORTER=none`.
+    pub exporters: Vec<Exporter>,
+    pub otlp: OtlpConfig,
+    pub sampler: SamplerConfig,
+    pub batch: BatchSettings,
+    /// `RUST_LOG`-style filter for the log lines on stderr (default `info`).
+    pub log_filter: String,
+}
+
+/// A setting that cannot be used. The message names the variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {variable}={value:?}: {reason}")]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(variable: &'static str, value: &str, reason: impl Into<String>) -> Self {
+        Self {
+            variable,
+            value: value.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+const DEFAULT_GRPC_ENDPOINT: &str = "http://localhost:4317";
+const DEFAULT_HTTP_ENDPOINT: &str = "http://localhost:4318";
+const DEFAULT_ENVIRONMENT: &str = "local";
+
+impl TelemetryConfig {
+    /// Reads the process environment. `service_name` and `service_version` are the
+    /// defaults for a binary that sets neither (pass `env!("CARGO_PKG_NAME")` and
+    /// `env!("CARGO_PKG_VERSION")`).
+    pub fn from_env(service_name: &str, service_version: &str) -> Result<Self, ConfigError> {
+        Self::from_lookup(service_name, service_version, |key| {
+            std::env::var(key).ok()
+        })
+    }
+
+    /// Like [`TelemetryConfig::from_env`] with any source of variables (tests pass a map).
+    pub fn from_lookup(
+        service_name: &str,
+        service_version: &str,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        // An empty variable counts as unset, as the OpenTelemetry spec asks.
+        let get = |key: &str| lookup(key).filter(|v| !v.trim().is_empty());
+
+        let mut resource_attributes = match get("OTEL_RESOURCE_ATTRIBUTES") {
+            Some(raw) => parse_resource_attributes(&raw)?,
+            None => Vec::new(),
+        };
+        let mut take_attribute = |key: &str| {
+            let index = resource_attributes.iter().position(|(k, _)| k == key)?;
+            Some(resource_attributes.remove(index).1)
+        };
+        let name_from_attributes = take_attribute("service.name");
+        let version_from_attributes = take_attribute("service.version");
+        let service_name = get("OTEL_SERVICE_NAME")
+            .or(name_from_attributes)
+            .unwrap_or_else(|| service_name.to_owned());
+        let service_version = version_from_attributes.unwrap_or_else(|| service_version.to_owned());
+        if !resource_attributes
+            .iter()
+            .any(|(k, _)| k == "deployment.environment.name")
+        {
+            resource_attributes.push((
+                "deployment.environment.name".to_owned(),
+                DEFAULT_ENVIRONMENT.to_owned(),
+            ));
+        }
+
+        let exporters = parse_exporters(get("OTEL_TRACES_EXPORTER").as_deref())?;
+        let otlp = parse_otlp(&get)?;
+        let sampler = parse_sampler(
+            get("OTEL_TRACES_SAMPLER").as_deref(),
+            get("OTEL_TRACES_SAMPLER_ARG").as_deref(),
+        )?;
+        let batch = parse_batch(&get)?;
+        let log_filter = get("RUST_LOG").unwrap_or_else(|| "info".to_owned());
+
+        Ok(Self {
+            service_name,
+            service_version,
+            resource_attributes,
+            exporters,
+            otlp,
+            sampler,
+            batch,
+            log_filter,
+        })
+    }
+}
+
+fn parse_exporters(raw: Option<&str>) -> Result<Vec<Exporter>, ConfigError> {
+    const VAR: &str = "OTEL_TRACES_EXPORTER";
+    let Some(raw) = raw else {
+        return Ok(vec![Exporter::Otlp]);
+    };
+    let mut exporters = Vec::new();
+    for name in raw.split(',').map(str::trim) {
+        let exporter = match name {
+            "otlp" => Exporter::Otlp,
+            "console" => Exporter::Console,
+            "none" => continue,
+            other => {
+                return Err(ConfigError::new(
+                    VAR,
+                    raw,
+                    format!("unknown exporter {other:?}; expected otlp, console or none"),
+                ));
+            }
+        };
+        if !exporters.contains(&exporter) {
+            exporters.push(exporter);
+        }
+    }
+    Ok(exporters)
+}
+
+fn parse_otlp(get: &impl Fn(&str) -> Option<String>) -> Result<OtlpConfig, ConfigError> {
+    let (protocol_var, protocol_raw) = first_set(
+        get,
+        &[
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ],
+    );
+    let protocol = match protocol_raw.as_deref().map(str::trim) {
+        // The spec's default transport, and the SDK's.
+        None | Some("http/protobuf") => OtlpProtocol::HttpProtobuf,
+        Some("grpc") => OtlpProtocol::Grpc,
+        Some(other) => {
+            return Err(ConfigError::new(
+                protocol_var,
+                other,
+                "expected grpc or http/protobuf",
+            ));
+        }
+    };
+
+    // The signal-specific variable is used as it is; the generic one gets the
+    // signal's path appended for HTTP (OTLP exporter spec).
+    let endpoint = if let Some(raw) = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+        check_endpoint("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &raw)?;
+        raw
+    } else {
+        let base = match get("OTEL_EXPORTER_OTLP_ENDPOINT") {
+            Some(raw) => {
+                check_endpoint("OTEL_EXPORTER_OTLP_ENDPOINT", &raw)?;
+                raw
+            }
+            None => match protocol {
+                OtlpProtocol::Grpc => DEFAULT_GRPC_ENDPOINT.to_owned(),
+                OtlpProtocol::HttpProtobuf => DEFAULT_HTTP_ENDPOINT.to_owned(),
+            },
+        };
+        match protocol {
+            OtlpProtocol::Grpc => base,
+            OtlpProtocol::HttpProtobuf => format!("{}/v1/traces", base.trim_end_matches('/')),
+        }
+    };
+
+    let (timeout_var, timeout_raw) = first_set(
+        get,
+        &["OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"],
+    );
+    let timeout = match timeout_raw {
+        Some(raw) => Duration::from_millis(parse_positive(timeout_var, &raw)?),
+        None => Duration::from_secs(10),
+    };
+    Ok(OtlpConfig {
+        protocol,
+        endpoint,
+        timeout,
+    })
+}
+
+fn first_set(
+    get: &impl Fn(&str) -> Option<String>,
+    variables: &[&'static str],
+) -> (&'static str, Option<String>) {
+    for var in variables {
+        if let Some(value) = get(var) {
+            return (var, Some(value));
+        }
+    }
+    (variables[variables.len() - 1], None)
+}
+
+fn check_endpoint(var: &'static str, raw: &str) -> Result<(), ConfigError> {
+    let uri: http::Uri = raw
+        .parse()
+        .map_err(|e| ConfigError::new(var, raw, format!("not a URL: {e}")))?;
+    // Without a scheme the exporter would silently assume https and never connect.
+    match uri.scheme_str() {
+        Some("http" | "https") if uri.host().is_some() => Ok(()),
+        _ => Err(ConfigError::new(
+            var,
+            raw,
+            "expected an http:// or https:// URL with a host",
+        )),
+    }
+}
+
+fn parse_sampler(name: Option<&str>, arg: Option<&str>) -> Result<SamplerConfig, ConfigError> {
+    let ratio = || -> Result<f64, ConfigError> {
+        const VAR: &str = "OTEL_TRACES_SAMPLER_ARG";
+        match arg {
+            None => Ok(1.0),
+            Some(raw) => match raw.trim().parse::<f64>() {
+                Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+                _ => Err(ConfigError::new(VAR, raw, "expected a ratio from 0 to 1")),
+            },
+        }
+    };
+    Ok(match name.map(str::trim) {
+        None | Some("parentbased_always_on") => SamplerConfig::ParentBasedAlwaysOn,
+        Some("always_on") => SamplerConfig::AlwaysOn,
+        Some("always_off") => SamplerConfig::AlwaysOff,
+        Some("traceidratio") => SamplerConfig::TraceIdRatio(ratio()?),
+        Some("parentbased_always_off") => SamplerConfig::ParentBasedAlwaysOff,
+        Some("parentbased_traceidratio") => SamplerConfig::ParentBasedTraceIdRatio(ratio()?),
+        Some(other) => {
+            return Err(ConfigError::new(
+                "OTEL_TRACES_SAMPLER",
+                other,
+                "expected always_on, always_off, traceidratio, parentbased_always_on, \
+                 parentbased_always_off or parentbased_traceidratio",
+            ));
+        }
+    })
+}
+
+fn parse_batch(get: &impl Fn(&str) -> Option<String>) -> Result<BatchSettings, ConfigError> {
+    let number = |var: &'static str, default: u64| -> Result<u64, ConfigError> {
+        get(var).map_or(Ok(default), |raw| parse_positive(var, &raw))
+    };
+    let batch = BatchSettings {
+        max_queue_size: number("OTEL_BSP_MAX_QUEUE_SIZE", 2048)? as usize,
+        max_export_batch_size: number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)? as usize,
+        scheduled_delay: Duration::from_millis(number("OTEL_BSP_SCHEDULE_DELAY", 5000)?),
+    };
+    if batch.max_export_batch_size > batch.max_queue_size {
+        return Err(ConfigError::new(
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+            &batch.max_export_batch_size.to_string(),
+            format!(
+                "must not exceed OTEL_BSP_MAX_QUEUE_SIZE ({})",
+                batch.max_queue_size
+            ),
+        ));
+    }
+    Ok(batch)
+}
+
+fn parse_positive(var: &'static str, raw: &str) -> Result<u64, ConfigError> {
+    match raw.trim().parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(ConfigError::new(var, raw, "expected a positive whole number")),
+    }
+}
+
+/// `key1=value1,key2=value2`, values percent-encoded (W3C Baggage octet rules).
+fn parse_resource_attributes(raw: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    const VAR: &str = "OTEL_RESOURCE_ATTRIBUTES";
+    let mut attributes = Vec::new();
+    for pair in raw.split(',').filter(|p| !p.trim().is_empty()) {
+        let Some((key, value)) = pair.split_once('=') else {
+            return Err(ConfigError::new(VAR, raw, format!("{pair:?} is not key=value")));
+        };
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(ConfigError::new(VAR, raw, format!("{pair:?} has an empty key")));
+        }
+        let value = percent_decode(value.trim())
+            .ok_or_else(|| ConfigError::new(VAR, raw, format!("{pair:?} has a bad %-escape")))?;
+        attributes.push((key.to_owned(), value));
+    }
+    Ok(attributes)
+}
+
+fn percent_decode(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = value.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<TelemetryConfig, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        TelemetryConfig::from_lookup("svc", "1.2.3", |k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_work_without_any_variable() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.service_name, "svc");
+        assert_eq!(c.service_version, "1.2.3");
+        assert_eq!(c.exporters, vec![Exporter::Otlp]);
+        assert_eq!(c.otlp.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(c.otlp.endpoint, "http://localhost:4318/v1/traces");
+        assert_eq!(c.sampler, SamplerConfig::ParentBasedAlwaysOn);
+        assert_eq!(c.batch.max_queue_size, 2048);
+        assert_eq!(c.batch.scheduled_delay, Duration::from_secs(5));
+        assert!(c
+            .resource_attributes
+            .contains(&("deployment.environment.name".into(), "local".into())));
+    }
+
+    #[test]
+    fn reads_the_standard_variables() {
+        let c = config(&[
+            ("OTEL_SERVICE_NAME", "gateway"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=demo,team=a%2Cb,service.version=9"),
+            ("OTEL_TRACES_EXPORTER", "console,otlp"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel-collector:4317"),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "8192"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+        ])
+        .unwrap();
+        assert_eq!(c.service_name, "gateway");
+        assert_eq!(c.service_version, "9");
+        assert_eq!(
+            c.resource_attributes,
+            vec![
+                ("deployment.environment.name".into(), "demo".into()),
+                ("team".into(), "a,b".into())
+            ]
+        );
+        assert_eq!(c.exporters, vec![Exporter::Console, Exporter::Otlp]);
+        assert_eq!(c.otlp.endpoint, "http://otel-collector:4317");
+        assert_eq!(c.sampler, SamplerConfig::ParentBasedTraceIdRatio(0.25));
+        assert_eq!(c.batch.max_queue_size, 8192);
+        assert_eq!(c.batch.scheduled_delay, Duration::from_millis(200));
+    }
+
+    #[test]
+    fn http_endpoints_get_the_traces_path_only_from_the_generic_variable() {
+        let generic = config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/")]).unwrap();
+        assert_eq!(generic.otlp.endpoint, "http://c:4318/v1/traces");
+        let signal = config(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:4318/custom")]).unwrap();
+        assert_eq!(signal.otlp.endpoint, "http://c:4318/custom");
+    }
+
+    #[test]
+    fn none_disables_export() {
+        assert!(config(&[("OTEL_TRACES_EXPORTER", "none")]).unwrap().exporters.is_empty());
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        let cases = [
+            ("OTEL_TRACES_EXPORTER", "jaeger"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "otel-collector:4317"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "not a url"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "-1"),
+            ("OTEL_TRACES_SAMPLER", "sometimes"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "lots"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "0"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "novalue"),
+        ];
+        for (var, value) in cases {
+            let err = config(&[(var, value)]).unwrap_err();
+            assert_eq!(err.variable, var, "{var}={value}");
+            assert!(err.to_string().contains(var));
+        }
+        let err = config(&[
+            ("OTEL_TRACES_SAMPLER", "traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "1.5"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.variable, "OTEL_TRACES_SAMPLER_ARG");
+        let err = config(&[
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "10"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "20"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.variable, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE");
+    }
+}

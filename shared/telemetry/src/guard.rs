@@ -1,0 +1,52 @@
+//! The guard `init` returns: on shutdown it flushes every buffered span.
+//!
+//! Nothing flushes when a global provider is dropped, and the batch processor holds up
+//! to `OTEL_BSP_SCHEDULE_DELAY` worth of spans, so a service that exits without calling
+//! `shutdown` loses its last spans, usually the most interesting ones.
+
+use opentelemetry_sdk::trace::SdkTracerProvider;
+
+#[derive(Debug)]
+#[must_use = "dropping the guard at once shuts telemetry down; keep it until exit"]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("telemetry shutdown: {0}")]
+pub struct ShutdownError(String);
+
+impl TelemetryGuard {
+    pub(crate) fn new(provider: SdkTracerProvider) -> Self {
+        Self {
+            provider: Some(provider),
+        }
+    }
+
+    /// Flushes and stops every span processor. Call it last, after the service has
+    /// finished its work, on every exit path.
+    pub async fn shutdown(mut self) -> Result<(), ShutdownError> {
+        let Some(provider) = self.provider.take() else {
+            return Ok(());
+        };
+        // The flush blocks while the exporter's requests complete; on a tokio worker
+        // thread that could starve the very runtime those requests run on, so it runs on
+        // a blocking thread.
+        tokio::task::spawn_blocking(move || provider.shutdown())
+            .await
+            .map_err(|e| ShutdownError(format!("flush task failed: {e}")))?
+            .map_err(|e| ShutdownError(e.to_string()))
+    }
+}
+
+impl Drop for TelemetryGuard {
+    /// A last resort for exits that skipped `shutdown` (a `?` in `main`): better a
+    /// blocking flush than lost spans.
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take() {
+            if let Err(e) = provider.shutdown() {
+                eprintln!("telemetry shutdown on drop: {e}");
+            }
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! `init`: the one call at the top of each service's `main`. It sets the propagator, the
+//! tracer provider (resource, sampler, exporters) and the `tracing` subscriber, and
+//! returns the guard that flushes everything on shutdown.
+
+use opentelemetry::propagation::TextMapCompositePropagator;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::{KeyValue, global};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
+use opentelemetry_sdk::resource::TelemetryResourceDetector;
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::config::{Exporter, OtlpProtocol, SamplerConfig, TelemetryConfig};
+use crate::guard::TelemetryGuard;
+use crate::log_format::LineWithTraceIds;
+
+/// Spans from the libraries that carry the exporter's own traffic. Without this filter
+/// every export makes new spans, which are exported in turn: the exporter traces itself.
+const EXPORTER_TRANSPORT_OFF: &str =
+    "h2=off,hyper=off,hyper_util=off,tonic=off,tower=off,reqwest=off,opentelemetry=off,opentelemetry_sdk=off,opentelemetry_otlp=off";
+
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("invalid RUST_LOG={value:?}: {source}")]
+    LogFilter {
+        value: String,
+        #[source]
+        source: tracing_subscriber::filter::ParseError,
+    },
+    #[error("cannot build the OTLP exporter for {endpoint}")]
+    Exporter {
+        endpoint: String,
+        #[source]
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+    #[error("telemetry was already initialised in this process")]
+    AlreadyInitialised(#[source] tracing_subscriber::util::TryInitError),
+}
+
+/// Initialises telemetry for this process. Call it once, first thing in `main`, from
+/// inside the tokio runtime (the OTLP gRPC exporter needs one), and keep the guard:
+/// `guard.shutdown().await` on exit is what flushes the last spans.
+pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, InitError> {
+    let log_filter =
+        EnvFilter::try_new(&config.log_filter).map_err(|source| InitError::LogFilter {
+            value: config.log_filter.clone(),
+            source,
+        })?;
+
+    // Set a format for propagating context. This MUST be set: the default is a no-op,
+    // and every service would then start its own trace.
+    global::set_text_map_propagator(propagator());
+
+    let provider = tracer_provider(config)?;
+    global::set_tracer_provider(provider.clone());
+    let tracer = provider.tracer(config.service_name.clone());
+
+    let otel_layer = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(otel_filter());
+    let log_layer = tracing_subscriber::fmt::layer()
+        .event_format(LineWithTraceIds)
+        .with_writer(std::io::stderr)
+        .with_filter(log_filter);
+    tracing_subscriber::registry()
+        .with(otel_layer)
+        .with(log_layer)
+        .try_init()
+        .map_err(InitError::AlreadyInitialised)?;
+
+    Ok(TelemetryGuard::new(provider))
+}
+
+/// W3C `traceparent`/`tracestate` plus W3C `baggage`.
+pub(crate) fn propagator() -> TextMapCompositePropagator {
+    TextMapCompositePropagator::new(vec![
+        Box::new(TraceContextPropagator::new()),
+        Box::new(BaggagePropagator::new()),
+    ])
+}
+
+/// Which `tracing` spans and events become OpenTelemetry data.
+pub(crate) fn otel_filter() -> EnvFilter {
+    EnvFilter::new(format!("info,{EXPORTER_TRANSPORT_OFF}"))
+}
+
+pub(crate) fn resource(config: &TelemetryConfig) -> Resource {
+    // `builder_empty` rather than `builder`: the default builder reads OTEL_SERVICE_NAME
+    // and OTEL_RESOURCE_ATTRIBUTES again by itself; the config has already parsed them.
+    Resource::builder_empty()
+        .with_detector(Box::new(TelemetryResourceDetector))
+        .with_service_name(config.service_name.clone())
+        .with_attribute(KeyValue::new("service.version", config.service_version.clone()))
+        .with_attributes(
+            config
+                .resource_attributes
+                .iter()
+                .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+        )
+        .build()
+}
+
+pub(crate) fn sampler(config: SamplerConfig) -> Sampler {
+    match config {
+        SamplerConfig::AlwaysOn => Sampler::AlwaysOn,
+        SamplerConfig::AlwaysOff => Sampler::AlwaysOff,
+        SamplerConfig::TraceIdRatio(ratio) => Sampler::TraceIdRatioBased(ratio),
+        SamplerConfig::ParentBasedAlwaysOn => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+        SamplerConfig::ParentBasedAlwaysOff => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+        SamplerConfig::ParentBasedTraceIdRatio(ratio) => {
+            Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio)))
+        }
+    }
+}
+
+fn tracer_provider(config: &TelemetryConfig) -> Result<SdkTracerProvider, InitError> {
+    let mut builder = SdkTracerProvider::builder()
+        .with_resource(resource(config))
+        .with_sampler(sampler(config.sampler));
+    for exporter in &config.exporters {
+        builder = match exporter {
+            // Console output is for a person watching: print each span as it ends.
+            Exporter::Console => {
+                builder.with_simple_exporter(opentelemetry_stdout::SpanExporter::default())
+            }
+            Exporter::Otlp => builder.with_span_processor(otlp_batch_processor(config)?),
+        };
+    }
+    Ok(builder.build())
+}
+
+fn otlp_batch_processor(config: &TelemetryConfig) -> Result<BatchSpanProcessor, InitError> {
+    let otlp = &config.otlp;
+    let exporter = match otlp.protocol {
+        OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(otlp.endpoint.clone())
+            .with_timeout(otlp.timeout)
+            .build(),
+        OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .with_endpoint(otlp.endpoint.clone())
+            .with_timeout(otlp.timeout)
+            .build(),
+    }
+    .map_err(|source| InitError::Exporter {
+        endpoint: otlp.endpoint.clone(),
+        source,
+    })?;
+
+    let batch = BatchConfigBuilder::default()
+        .with_max_queue_size(config.batch.max_queue_size)
+        .with_max_export_batch_size(config.batch.max_export_batch_size)
+        .with_scheduled_delay(config.batch.scheduled_delay)
+        .build();
+    Ok(BatchSpanProcessor::builder(exporter)
+        .with_batch_config(batch)
+        .build())
+}

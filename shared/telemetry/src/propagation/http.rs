@@ -1,0 +1,143 @@
+//! HTTP server side: a tower layer for axum that extracts the caller's context from the
+//! request headers, wraps the request in an HTTP server span (`{method} {route}`, kind
+//! SERVER) and answers with a `traceresponse` header.
+//!
+//! Hop: client → gateway. Without this layer every request starts a trace of its own
+//! and a caller's `traceparent` is ignored.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+
+use axum::extract::MatchedPath;
+use http::{HeaderValue, Request, Response};
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry_http::HeaderExtractor;
+use tower::{Layer, Service};
+use tracing::Instrument;
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::{extract, traceresponse};
+
+/// Response header with the trace id of the server span (W3C Trace Context Level 2).
+pub const TRACERESPONSE: &str = "traceresponse";
+
+/// Add with `Router::layer` so that it sees the matched route (`/api/orders/{id}`),
+/// which keeps span names low-cardinality.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HttpServerLayer;
+
+impl<S> Layer<S> for HttpServerLayer {
+    type Service = HttpServerService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        HttpServerService { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpServerService<S> {
+    inner: S,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for HttpServerService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let span = server_span(&request);
+        // The remote parent must be set before the span is first entered.
+        let parent = extract(&HeaderExtractor(request.headers()));
+        if let Err(error) = span.set_parent(parent) {
+            tracing::warn!(%error, "could not continue the caller's trace");
+        }
+        let future = span.in_scope(|| self.inner.call(request));
+        Box::pin(
+            async move {
+                let mut response = future.await?;
+                let span = tracing::Span::current();
+                record_status(&span, response.status().as_u16());
+                if let Some(value) = traceresponse(span.context().span().span_context())
+                    .and_then(|v| HeaderValue::from_str(&v).ok())
+                {
+                    response.headers_mut().insert(TRACERESPONSE, value);
+                }
+                Ok(response)
+            }
+            .instrument(span),
+        )
+    }
+}
+
+fn server_span<B>(request: &Request<B>) -> tracing::Span {
+    let method = semconv_method(request.method());
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned());
+    // `{method} {route}`; without a matched route only the method (semantic conventions).
+    let name = match &route {
+        Some(route) => format!("{method} {route}"),
+        None => method.to_owned(),
+    };
+    let host = request
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    let user_agent = request
+        .headers()
+        .get(http::header::USER_AGENT)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_default();
+    tracing::info_span!(
+        "HTTP request",
+        otel.name = name.as_str(),
+        otel.kind = "server",
+        otel.status_code = Empty,
+        http.request.method = method,
+        http.route = route.as_deref(),
+        http.response.status_code = Empty,
+        url.path = request.uri().path(),
+        url.scheme = request.uri().scheme_str().unwrap_or("http"),
+        server.address = host.split(':').next().unwrap_or_default(),
+        user_agent.original = user_agent,
+        error.type = Empty,
+    )
+}
+
+/// Known methods keep their name; anything else is `_OTHER` (no unbounded names).
+fn semconv_method(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::PATCH => "PATCH",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::TRACE => "TRACE",
+        http::Method::CONNECT => "CONNECT",
+        _ => "_OTHER",
+    }
+}
+
+fn record_status(span: &tracing::Span, status: u16) {
+    span.record("http.response.status_code", i64::from(status));
+    // A 4xx is the client's mistake, not a server failure: only 5xx marks the span.
+    if status >= 500 {
+        span.record("otel.status_code", "ERROR");
+        span.record("error.type", status.to_string());
+    }
+}

@@ -1,0 +1,229 @@
+//! Kafka (rdkafka): the context rides in the record headers. rdkafka knows nothing of
+//! OpenTelemetry, so the carriers are here, next to the spans that use them.
+//!
+//! - Producer: [`producer_span`] (`send {topic}`, kind PRODUCER), then
+//!   [`inject_headers`] writes *that span's* context into the record.
+//! - Consumer: [`consumer_span`] (`process {topic}`, kind CONSUMER) extracts it, makes the
+//!   producer span its parent (one trace per order) and also links to it, as the
+//!   messaging conventions ask.
+//!
+//! Hop: order-service → worker. Without the headers the worker starts a new trace.
+
+use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::trace::TraceContextExt;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use super::{extract, inject};
+
+/// Writes the context of `span` into `headers` (`traceparent`, `tracestate`, `baggage`).
+pub fn inject_headers(span: &tracing::Span, headers: OwnedHeaders) -> OwnedHeaders {
+    let mut carrier = HeaderInjector(Vec::new());
+    inject(&span.context(), &mut carrier);
+    carrier
+        .0
+        .iter()
+        .fold(headers, |headers, (key, value)| {
+            headers.insert(Header {
+                key,
+                value: Some(value.as_str()),
+            })
+        })
+}
+
+/// Collects what the propagator writes; `OwnedHeaders::insert` consumes the headers,
+/// which an `Injector` (`&mut self`) cannot do.
+#[derive(Debug)]
+struct HeaderInjector(Vec<(String, String)>);
+
+impl Injector for HeaderInjector {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.push((key.to_owned(), value));
+    }
+}
+
+/// Reads propagation headers from a consumed (or any) record. Kafka header keys may
+/// repeat; `get` returns the first, `get_all` every value in order.
+#[derive(Debug)]
+pub struct HeaderExtractor<'a, H>(pub &'a H);
+
+impl<'h, H: Headers> HeaderExtractor<'h, H> {
+    fn values<'k>(&self, key: &'k str) -> impl Iterator<Item = &'h str> + use<'h, 'k, H> {
+        let headers = self.0;
+        (0..headers.count())
+            .filter_map(move |i| headers.try_get(i))
+            .filter(move |h| h.key.eq_ignore_ascii_case(key))
+            // A header that is not UTF-8 cannot be a W3C header: ignore it.
+            .filter_map(|h| std::str::from_utf8(h.value?).ok())
+    }
+}
+
+impl<H: Headers> Extractor for HeaderExtractor<'_, H> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.values(key).next()
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        (0..self.0.count())
+            .filter_map(|i| self.0.try_get(i))
+            .map(|h| h.key)
+            .collect()
+    }
+
+    fn get_all(&self, key: &str) -> Option<Vec<&str>> {
+        let values: Vec<&str> = self.values(key).collect();
+        (!values.is_empty()).then_some(values)
+    }
+}
+
+/// The PRODUCER span for publishing one record. Create it inside the span of the work
+/// that publishes (the gRPC server span), inject its context with [`inject_headers`],
+/// and keep it open until the broker acknowledges: [`record_delivery`].
+pub fn producer_span(topic: &str, key: &str) -> tracing::Span {
+    tracing::info_span!(
+        "Kafka send",
+        otel.name = format!("send {topic}").as_str(),
+        otel.kind = "producer",
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+        messaging.system = "kafka",
+        messaging.operation.type = "send",
+        messaging.operation.name = "send",
+        messaging.destination.name = topic,
+        messaging.kafka.message.key = key,
+        messaging.destination.partition.id = Empty,
+        messaging.kafka.offset = Empty,
+        error.type = Empty,
+    )
+}
+
+/// Records where the broker stored the record.
+pub fn record_delivery(span: &tracing::Span, partition: i32, offset: i64) {
+    span.record("messaging.destination.partition.id", partition.to_string());
+    span.record("messaging.kafka.offset", offset);
+}
+
+/// The CONSUMER span for processing one record: continues the producer's trace and
+/// links to the producer span. Enter it (`.instrument`) around all work for the record.
+pub fn consumer_span<M: Message>(message: &M, group: &str) -> tracing::Span {
+    let topic = message.topic();
+    let key = message
+        .key()
+        .and_then(|k| std::str::from_utf8(k).ok())
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "Kafka process",
+        otel.name = format!("process {topic}").as_str(),
+        otel.kind = "consumer",
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+        messaging.system = "kafka",
+        messaging.operation.type = "process",
+        messaging.operation.name = "process",
+        messaging.destination.name = topic,
+        messaging.consumer.group.name = group,
+        messaging.kafka.message.key = key,
+        messaging.destination.partition.id = message.partition().to_string(),
+        messaging.kafka.offset = message.offset(),
+        error.type = Empty,
+    );
+    let producer = match message.headers() {
+        Some(headers) => extract(&HeaderExtractor(headers)),
+        None => opentelemetry::Context::new(),
+    };
+    let producer_span = producer.span().span_context().clone();
+    // Parent first: it must be set before anything starts the span.
+    if let Err(error) = span.set_parent(producer) {
+        tracing::warn!(%error, "could not continue the producer's trace");
+    }
+    if producer_span.is_valid() {
+        span.add_link(producer_span);
+    }
+    span
+}
+
+/// Marks the current record's span as failed, with a reason a person can act on.
+pub fn record_failure(span: &tracing::Span, error_type: &str, description: &str) {
+    span.record("otel.status_code", "ERROR");
+    span.record("otel.status_description", description);
+    span.record("error.type", error_type);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+    use rdkafka::message::{OwnedMessage, Timestamp};
+
+    fn owned_message(headers: OwnedHeaders) -> OwnedMessage {
+        OwnedMessage::new(
+            Some(b"{}".to_vec()),
+            Some(b"order-1".to_vec()),
+            "orders".into(),
+            Timestamp::NotAvailable,
+            0,
+            7,
+            Some(headers),
+        )
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> OwnedHeaders {
+        pairs.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
+            h.insert(Header {
+                key: k,
+                value: Some(*v),
+            })
+        })
+    }
+
+    #[test]
+    fn extractor_reads_first_and_all_values_of_repeated_keys() {
+        let h = headers(&[("tracestate", "a=1"), ("other", "x"), ("tracestate", "b=2")]);
+        let extractor = HeaderExtractor(&h);
+        assert_eq!(extractor.get("tracestate"), Some("a=1"));
+        assert_eq!(extractor.get_all("tracestate"), Some(vec!["a=1", "b=2"]));
+        assert_eq!(extractor.get("missing"), None);
+        assert_eq!(extractor.keys(), vec!["tracestate", "other", "tracestate"]);
+    }
+
+    #[test]
+    fn extractor_ignores_values_that_are_not_utf8() {
+        let h = OwnedHeaders::new().insert(Header {
+            key: "traceparent",
+            value: Some(&[0xff_u8, 0xfe][..]),
+        });
+        assert_eq!(HeaderExtractor(&h).get("traceparent"), None);
+    }
+
+    #[test]
+    fn injected_headers_extract_to_the_same_context() {
+        crate::testing::install_propagator();
+        let sent = SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::from_key_value([("vendor", "value")]).unwrap(),
+        );
+        let mut carrier = HeaderInjector(Vec::new());
+        inject(&opentelemetry::Context::new().with_remote_span_context(sent.clone()), &mut carrier);
+        let h = carrier.0.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
+            h.insert(Header { key: k, value: Some(v.as_str()) })
+        });
+        let message = owned_message(h);
+        let received = extract(&HeaderExtractor(message.headers().unwrap()));
+        assert_eq!(received.span().span_context(), &sent);
+    }
+
+    #[test]
+    fn invalid_traceparent_extracts_to_no_parent() {
+        crate::testing::install_propagator();
+        for bad in ["", "garbage", "00-00000000000000000000000000000000-00f067aa0ba902b7-01"] {
+            let message = owned_message(headers(&[("traceparent", bad)]));
+            let cx = extract(&HeaderExtractor(message.headers().unwrap()));
+            assert!(!cx.span().span_context().is_valid(), "{bad:?}");
+        }
+    }
+
+}

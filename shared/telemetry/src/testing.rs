@@ -1,0 +1,91 @@
+//! Test support (feature `testing`): capture each service's spans in memory.
+//!
+//! Tests that run several services in one process still want to know which service
+//! made which span. Each [`CapturedService`] has its own tracer provider (with its own
+//! `service.name`) and its own `tracing` dispatcher, and [`CapturedService::runtime`]
+//! builds a tokio runtime whose threads all use that dispatcher, so every span made by
+//! code running on it, including spawned tasks, lands in that service's exporter.
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use tracing::Dispatch;
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::SubscriberExt;
+
+use crate::config::{SamplerConfig, TelemetryConfig};
+use crate::init::{otel_filter, propagator, resource, sampler};
+
+pub use opentelemetry_sdk::trace::InMemorySpanExporter as SpanCapture;
+
+/// Installs the same global propagator `init` does (idempotent).
+pub fn install_propagator() {
+    opentelemetry::global::set_text_map_propagator(propagator());
+}
+
+#[derive(Debug)]
+pub struct CapturedService {
+    name: String,
+    exporter: InMemorySpanExporter,
+    provider: SdkTracerProvider,
+    dispatch: Dispatch,
+}
+
+impl CapturedService {
+    pub fn new(service_name: &str) -> Self {
+        install_propagator();
+        let config = TelemetryConfig::from_lookup(service_name, "test", |_| None)
+            .map(|mut c| {
+                c.sampler = SamplerConfig::ParentBasedAlwaysOn;
+                c
+            })
+            .unwrap_or_else(|e| panic!("default telemetry config is invalid: {e}"));
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_resource(resource(&config))
+            .with_sampler(sampler(config.sampler))
+            // Export as each span ends, so a test sees spans as soon as work is done.
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let otel_layer = tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer(service_name.to_owned()))
+            .with_filter(otel_filter());
+        let dispatch = Dispatch::new(tracing_subscriber::registry().with(otel_layer));
+        Self {
+            name: service_name.to_owned(),
+            exporter,
+            provider,
+            dispatch,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn dispatch(&self) -> &Dispatch {
+        &self.dispatch
+    }
+
+    /// A multi-thread runtime on which everything records into this service's spans.
+    pub fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        let dispatch = self.dispatch.clone();
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .thread_name(format!("{}-rt", self.name))
+            .on_thread_start(move || {
+                // Lives as long as the thread: every span on this thread is this service's.
+                std::mem::forget(tracing::dispatcher::set_default(&dispatch));
+            })
+            .build()
+    }
+
+    /// Spans finished so far.
+    pub fn spans(&self) -> Vec<SpanData> {
+        self.exporter.get_finished_spans().unwrap_or_default()
+    }
+
+    pub fn shutdown(&self) {
+        let _ = self.provider.shutdown();
+    }
+}
