@@ -1,0 +1,20 @@
+//! The gateway: the HTTP API for orders and the first hop of every trace.
+//!
+//! Its hops in the trace: an HTTP SERVER span `{method} {route}` that continues a
+//! caller's `traceparent` (or starts the trace), and inside it a gRPC CLIENT span for
+//! each call to the order-service. Responses carry the trace id in a `traceresponse`
+//! header and a `trace_id` field.
+//!
+//! # Layout
+//!
+//! - `config.rs`: settings. `app.rs`: router, build and run until shutdown.
+//! - `orders.rs`: the two endpoints. `error.rs`: JSON errors and status mapping.
+
+mod app;
+pub mod config;
+mod error;
+mod orders;
+
+pub use app::{Application, router};
+pub use config::Config;
+pub use orders::OrderClient;

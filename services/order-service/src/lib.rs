@@ -1,0 +1,23 @@
+//! The order-service: stores orders in SQLite and publishes `order.created` events to
+//! Kafka, behind the `order.v1.OrderService` gRPC API.
+//!
+//! Its hops in the trace: a SERVER span for each gRPC call (from the gateway's
+//! CreateOrder/GetOrder and the worker's CompleteOrder), database CLIENT spans inside
+//! it, and a PRODUCER span `send orders` whose context the worker continues.
+//!
+//! # Layout
+//!
+//! - `config.rs`: settings from the environment.
+//! - `app.rs`: build (bind, open, connect) and run until shutdown.
+//! - `orders.rs`: the gRPC API. `store.rs`: SQLite. `events.rs`: Kafka publishing.
+//! - `health.rs`: readiness over the gRPC health service.
+
+mod app;
+pub mod config;
+mod events;
+mod health;
+mod orders;
+mod store;
+
+pub use app::Application;
+pub use config::Config;

@@ -34,6 +34,9 @@ enum Side {
 // ---------------------------------------------------------------------------------------
 // Server
 
+/// Requests to the standard health service (`grpc.health.v1.Health`) are not traced.
+const HEALTH_SERVICE_PATH: &str = "/grpc.health.v1.Health/";
+
 #[derive(Debug, Clone, Copy, Default)]
 pub struct GrpcServerLayer;
 
@@ -64,6 +67,19 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        // Health probes arrive every few seconds and would bury the traces that matter.
+        if request.uri().path().starts_with(HEALTH_SERVICE_PATH) {
+            let future = self.inner.call(request);
+            return Box::pin(async move {
+                future.await.map(|response| {
+                    response.map(|inner| TracedBody {
+                        inner,
+                        span: None,
+                        side: Side::Server,
+                    })
+                })
+            });
+        }
         let span = rpc_span(Side::Server, request.uri().path(), None);
         // The caller's context arrives as `traceparent` metadata; it must become the
         // parent before the span is first entered.
@@ -142,6 +158,14 @@ where
             }
         })
     }
+}
+
+/// A lazily connecting tonic channel to `endpoint` with the client layer on top: pass it
+/// to a generated client (`OrderServiceClient::new(traced_channel(endpoint))`) and every
+/// call carries the caller's trace.
+pub fn traced_channel(endpoint: tonic::transport::Endpoint) -> GrpcClientService<tonic::transport::Channel> {
+    let server = endpoint.uri().clone();
+    GrpcClientLayer::new(server).layer(endpoint.connect_lazy())
 }
 
 // ---------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@
 //! | client → gateway | HTTP headers | [`http`]: server layer extracts |
 //! | gateway/worker → order-service | gRPC metadata (HTTP/2 headers) | [`grpc`]: client layer injects, server layer extracts |
 //! | order-service → worker | Kafka record headers | [`kafka`]: producer injects, consumer extracts |
+//! | order-service → (later) → worker | the order row | [`stored`]: saved with the order, restored when republishing |
 //!
 //! Every carrier goes through [`extract`] and [`inject`], which use the process-wide
 //! propagator that `init` installs (W3C Trace Context and Baggage).
@@ -12,6 +13,7 @@
 pub mod grpc;
 pub mod http;
 pub mod kafka;
+pub mod stored;
 
 use opentelemetry::Context;
 use opentelemetry::global;

@@ -1,0 +1,102 @@
+//! Builds the gateway (router, gRPC client, listener) and serves until shutdown.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use lifecycle::health::{self, Readiness};
+use proto::order::v1::order_service_client::OrderServiceClient;
+use telemetry::propagation::grpc::traced_channel;
+use telemetry::propagation::http::HttpServerLayer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+
+use crate::config::Config;
+use crate::orders::{self, OrderClient};
+
+/// The API routes, traced, plus the health routes, untraced.
+pub fn router(client: OrderClient, max_body_bytes: usize, readiness: Readiness) -> Router {
+    let api = Router::new()
+        .route("/api/orders", post(orders::create))
+        .route("/api/orders/{id}", get(orders::get))
+        .fallback(orders::unknown_route)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        // Added with `Router::layer`, so it sees the matched route for the span name.
+        .layer(HttpServerLayer)
+        .with_state(client);
+    api.merge(health::routes(readiness))
+}
+
+pub struct Application {
+    listener: TcpListener,
+    config: Config,
+    endpoint: Endpoint,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let endpoint = Endpoint::from_shared(config.order_service_url.clone())
+            .with_context(|| format!("ORDER_SERVICE_URL={}", config.order_service_url))?
+            .connect_timeout(Duration::from_secs(1))
+            // Add a timeout so requests don't hang forever.
+            .timeout(config.order_service_timeout);
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .with_context(|| format!("binding LISTEN_ADDR={}", config.listen_addr))?;
+        Ok(Self {
+            listener,
+            config,
+            endpoint,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown`; in-flight requests finish first.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let readiness = Readiness::default();
+        let watcher = tokio::spawn(watch_order_service(
+            readiness.clone(),
+            self.endpoint.connect_lazy(),
+            shutdown.clone(),
+        ));
+        let client = OrderServiceClient::new(traced_channel(self.endpoint));
+        let app = router(client, self.config.max_body_bytes, readiness);
+        tracing::info!(addr = %self.listener.local_addr()?, "gateway listening");
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+            .context("HTTP server failed")?;
+        let _ = watcher.await;
+        tracing::info!("gateway stopped");
+        Ok(())
+    }
+}
+
+/// Ready while the order-service reports SERVING.
+async fn watch_order_service(
+    readiness: Readiness,
+    channel: tonic::transport::Channel,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        readiness.set(health::grpc_serving(channel.clone(), "order.v1.OrderService").await);
+    }
+}

@@ -1,0 +1,40 @@
+//! Settings from the environment (defaults fit `docker compose up` and local runs).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use lifecycle::env::{EnvError, Source, invalid, parse_or, string_or};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `LISTEN_ADDR`: the HTTP API (default `0.0.0.0:8080`).
+    pub listen_addr: SocketAddr,
+    /// `ORDER_SERVICE_URL` (default `http://localhost:50051`).
+    pub order_service_url: String,
+    /// `ORDER_SERVICE_TIMEOUT_MS`: the longest a call to the order-service may take;
+    /// past it the client gets a 504 (default 5000).
+    pub order_service_timeout: Duration,
+    /// `MAX_BODY_BYTES`: larger request bodies get a 413 (default 16384).
+    pub max_body_bytes: usize,
+}
+
+impl Config {
+    pub fn from_env(source: &impl Source) -> Result<Self, EnvError> {
+        let order_service_url = string_or(source, "ORDER_SERVICE_URL", "http://localhost:50051");
+        if tonic::transport::Endpoint::from_shared(order_service_url.clone()).is_err()
+            || !order_service_url.starts_with("http")
+        {
+            return Err(invalid("ORDER_SERVICE_URL", &order_service_url, "expected an http:// URL"));
+        }
+        let timeout_ms: u64 = parse_or(source, "ORDER_SERVICE_TIMEOUT_MS", 5000)?;
+        if timeout_ms == 0 {
+            return Err(invalid("ORDER_SERVICE_TIMEOUT_MS", timeout_ms, "must be positive"));
+        }
+        Ok(Self {
+            listen_addr: parse_or(source, "LISTEN_ADDR", ([0, 0, 0, 0], 8080).into())?,
+            order_service_url,
+            order_service_timeout: Duration::from_millis(timeout_ms),
+            max_body_bytes: parse_or(source, "MAX_BODY_BYTES", 16 * 1024)?,
+        })
+    }
+}

@@ -1,0 +1,91 @@
+//! Builds the service (binds the port, opens the database, connects to Kafka) and runs
+//! it until the shutdown token is cancelled.
+
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use proto::order::v1::order_service_server::OrderServiceServer;
+use telemetry::propagation::grpc::GrpcServerLayer;
+use tokio::net::TcpListener;
+use tonic::transport::server::TcpIncoming;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::events::{self, EventPublisher, Republisher};
+use crate::orders::OrderApi;
+use crate::store::Store;
+use crate::health;
+
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    config: Config,
+    store: Store,
+    publisher: EventPublisher,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let store = Store::open(&config.database_path)
+            .with_context(|| format!("opening database {}", config.database_path.display()))?;
+        let publisher = EventPublisher::new(&config.kafka).context("creating Kafka producer")?;
+        // Not fatal: Kafka may come up later. Events wait in the database meanwhile.
+        if let Err(error) = events::ensure_topic(&config.kafka).await {
+            tracing::warn!(%error, topic = %config.kafka.topic, "could not ensure the topic exists");
+        }
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .with_context(|| format!("binding LISTEN_ADDR={}", config.listen_addr))?;
+        Ok(Self {
+            listener,
+            config,
+            store,
+            publisher,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` is cancelled, then lets in-flight calls finish, stops
+    /// the background tasks and flushes the producer.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let tasks = TaskTracker::new();
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        tasks.spawn(health::watch_dependencies(
+            reporter,
+            self.store.clone(),
+            self.publisher.clone(),
+            shutdown.clone(),
+        ));
+        tasks.spawn(
+            Republisher {
+                store: self.store.clone(),
+                publisher: self.publisher.clone(),
+                interval: self.config.republish_interval,
+            }
+            .run(shutdown.clone()),
+        );
+        tasks.close();
+
+        tracing::info!(addr = %self.listener.local_addr()?, "order-service listening");
+        let api = OrderApi::new(self.store.clone(), self.publisher.clone());
+        tonic::transport::Server::builder()
+            // Extracts `traceparent` from the metadata and makes the SERVER span.
+            .layer(GrpcServerLayer)
+            .add_service(health_service)
+            .add_service(OrderServiceServer::new(api))
+            .serve_with_incoming_shutdown(TcpIncoming::from(self.listener), shutdown.cancelled())
+            .await
+            .context("gRPC server failed")?;
+
+        tasks.wait().await;
+        self.publisher
+            .flush(std::time::Duration::from_secs(5))
+            .context("flushing Kafka producer")?;
+        tracing::info!("order-service stopped");
+        Ok(())
+    }
+}

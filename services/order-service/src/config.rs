@@ -1,0 +1,48 @@
+//! Settings from the environment (defaults fit `docker compose up` and local runs).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use lifecycle::env::{EnvError, Source, parse_or, string_or};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `LISTEN_ADDR`: where the gRPC server listens (default `0.0.0.0:50051`).
+    pub listen_addr: SocketAddr,
+    /// `DATABASE_PATH`: the SQLite file (default `orders.db`).
+    pub database_path: PathBuf,
+    pub kafka: KafkaConfig,
+    /// `REPUBLISH_INTERVAL_MS`: how often events that could not be published are
+    /// retried (default 5000).
+    pub republish_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaConfig {
+    /// `KAFKA_BOOTSTRAP_SERVERS` (default `localhost:9092`).
+    pub bootstrap_servers: String,
+    /// `KAFKA_TOPIC`: where `order.created` events go (default `orders`).
+    pub topic: String,
+    /// `KAFKA_TOPIC_PARTITIONS`: used when this service creates the topic (default 3).
+    pub topic_partitions: i32,
+}
+
+impl Config {
+    pub fn from_env(source: &impl Source) -> Result<Self, EnvError> {
+        Ok(Self {
+            listen_addr: parse_or(source, "LISTEN_ADDR", ([0, 0, 0, 0], 50051).into())?,
+            database_path: string_or(source, "DATABASE_PATH", "orders.db").into(),
+            kafka: KafkaConfig {
+                bootstrap_servers: string_or(source, "KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
+                topic: string_or(source, "KAFKA_TOPIC", proto::events::ORDERS_TOPIC),
+                topic_partitions: parse_or(source, "KAFKA_TOPIC_PARTITIONS", 3)?,
+            },
+            republish_interval: Duration::from_millis(parse_or(
+                source,
+                "REPUBLISH_INTERVAL_MS",
+                5000,
+            )?),
+        })
+    }
+}

@@ -1,0 +1,38 @@
+//! Settings from the environment (defaults fit `docker compose up` and local runs).
+
+use std::net::SocketAddr;
+
+use lifecycle::env::{EnvError, Source, invalid, parse_or, string_or};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `KAFKA_BOOTSTRAP_SERVERS` (default `localhost:9092`).
+    pub bootstrap_servers: String,
+    /// `KAFKA_TOPIC`: the `order.created` events (default `orders`).
+    pub topic: String,
+    /// `KAFKA_GROUP_ID`: the consumer group; workers in one group share the partitions
+    /// (default `worker`).
+    pub group_id: String,
+    /// `ORDER_SERVICE_URL`: where outcomes are reported (default `http://localhost:50051`).
+    pub order_service_url: String,
+    /// `HEALTH_ADDR`: the liveness/readiness HTTP endpoint (default `0.0.0.0:8081`).
+    pub health_addr: SocketAddr,
+}
+
+impl Config {
+    pub fn from_env(source: &impl Source) -> Result<Self, EnvError> {
+        let order_service_url = string_or(source, "ORDER_SERVICE_URL", "http://localhost:50051");
+        if tonic::transport::Endpoint::from_shared(order_service_url.clone()).is_err()
+            || !order_service_url.starts_with("http")
+        {
+            return Err(invalid("ORDER_SERVICE_URL", &order_service_url, "expected an http:// URL"));
+        }
+        Ok(Self {
+            bootstrap_servers: string_or(source, "KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
+            topic: string_or(source, "KAFKA_TOPIC", proto::events::ORDERS_TOPIC),
+            group_id: string_or(source, "KAFKA_GROUP_ID", "worker"),
+            order_service_url,
+            health_addr: parse_or(source, "HEALTH_ADDR", ([0, 0, 0, 0], 8081).into())?,
+        })
+    }
+}

@@ -1,0 +1,87 @@
+//! Liveness and readiness over HTTP (`/health/live`, `/health/ready`) for services whose
+//! readiness depends on others. A background watcher sets [`Readiness`]; probes only read
+//! it, so a probe never waits on a dependency. Probes are not traced: they would bury
+//! the traces that matter.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use serde_json::json;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+/// `None` when ready, otherwise what is wrong.
+#[derive(Debug, Clone)]
+pub struct Readiness(Arc<RwLock<Option<String>>>);
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Self(Arc::new(RwLock::new(Some("starting".to_owned()))))
+    }
+}
+
+impl Readiness {
+    /// Records the result of a dependency check, logging only changes.
+    pub fn set(&self, result: Result<(), String>) {
+        let problem = result.err();
+        let Ok(mut current) = self.0.write() else {
+            return;
+        };
+        if *current != problem {
+            match &problem {
+                None => tracing::info!("ready"),
+                Some(problem) => tracing::warn!(%problem, "not ready"),
+            }
+            *current = problem;
+        }
+    }
+
+    pub fn problem(&self) -> Option<String> {
+        self.0
+            .read()
+            .map(|p| p.clone())
+            .unwrap_or_else(|_| Some("readiness lock poisoned".to_owned()))
+    }
+}
+
+/// `GET /health/live` (the process answers) and `GET /health/ready` (its dependencies do).
+pub fn routes(readiness: Readiness) -> Router {
+    Router::new()
+        .route("/health/live", get(|| async { Json(json!({ "status": "live" })) }))
+        .route("/health/ready", get(ready))
+        .with_state(readiness)
+}
+
+async fn ready(State(readiness): State<Readiness>) -> (StatusCode, Json<serde_json::Value>) {
+    match readiness.problem() {
+        None => (StatusCode::OK, Json(json!({ "status": "ready" }))),
+        Some(problem) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not_ready", "reason": problem })),
+        ),
+    }
+}
+
+/// Asks a gRPC server's standard health service whether `service` is SERVING.
+/// Use a channel without the tracing layer: health checks are not traced.
+pub async fn grpc_serving(channel: tonic::transport::Channel, service: &str) -> Result<(), String> {
+    let request = HealthCheckRequest {
+        service: service.to_owned(),
+    };
+    let mut client = HealthClient::new(channel);
+    let check = client.check(request);
+    match tokio::time::timeout(Duration::from_secs(2), check).await {
+        Err(_) => Err(format!("{service}: health check timed out")),
+        Ok(Err(status)) => Err(format!("{service}: {}", status.message())),
+        Ok(Ok(response)) => match response.into_inner().status() {
+            ServingStatus::Serving => Ok(()),
+            other => Err(format!("{service}: {}", other.as_str_name())),
+        },
+    }
+}
