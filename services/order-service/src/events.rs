@@ -131,11 +131,29 @@ pub async fn ensure_topic(config: &KafkaConfig) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", &config.bootstrap_servers)
         .create()?;
+    let admin = std::sync::Arc::new(admin);
+    let lookup = std::sync::Arc::clone(&admin);
+    let wanted = config.topic.clone();
+    // Listing is cheap and read-only; create only what is missing.
+    let exists = tokio::task::spawn_blocking(move || {
+        lookup
+            .inner()
+            .fetch_metadata(None, Duration::from_secs(10))
+            .map(|metadata| metadata.topics().iter().any(|t| t.name() == wanted))
+    })
+    .await
+    .map_err(|_| KafkaError::Canceled)??;
+    if exists {
+        return Ok(());
+    }
     let topic = NewTopic::new(&config.topic, config.topic_partitions, TopicReplication::Fixed(1));
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let options = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(10)));
     for result in admin.create_topics([&topic], &options).await? {
         match result {
-            Ok(_) => tracing::info!(topic = %config.topic, "created topic"),
+            Ok(name) => tracing::info!(topic = %name, "created topic"),
+            // Another instance created it first.
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => {
                 tracing::error!(topic = %name, ?code, "cannot create topic");

@@ -1,0 +1,164 @@
+//! Starts the three services in this process, each on a runtime of its own whose spans
+//! are captured separately, with Kafka played by librdkafka's in-process mock cluster.
+
+#![allow(dead_code)] // each test binary uses a different part
+
+pub mod spans;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use telemetry::testing::CapturedService;
+use tokio::runtime::Runtime;
+use tokio_util::sync::CancellationToken;
+
+pub const TOPIC: &str = "orders";
+pub const GROUP: &str = "worker-test";
+
+pub struct Service {
+    pub capture: CapturedService,
+    pub runtime: Runtime,
+    pub handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Service {
+    fn new(name: &str) -> Self {
+        let capture = CapturedService::new(name);
+        let runtime = capture.runtime().expect("runtime");
+        Self {
+            capture,
+            runtime,
+            handle: None,
+        }
+    }
+}
+
+pub struct Stack {
+    pub kafka: MockCluster<'static, DefaultProducerContext>,
+    pub order_service: Service,
+    pub worker: Service,
+    pub gateway: Service,
+    pub order_service_addr: SocketAddr,
+    pub gateway_addr: SocketAddr,
+    pub worker_health_addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub data_dir: PathBuf,
+}
+
+impl Stack {
+    pub fn start() -> Self {
+        let kafka = MockCluster::new(1).expect("mock Kafka cluster");
+        kafka.create_topic(TOPIC, 3, 1).expect("topic");
+        let bootstrap = kafka.bootstrap_servers();
+        let shutdown = CancellationToken::new();
+        let data_dir = std::env::temp_dir().join(format!("system-test-{}", uuid_like()));
+        std::fs::create_dir_all(&data_dir).expect("data dir");
+
+        let mut order_service = Service::new("order-service");
+        let config = order_service::Config {
+            listen_addr: "127.0.0.1:0".parse().unwrap(),
+            database_path: data_dir.join("orders.db"),
+            kafka: order_service::config::KafkaConfig {
+                bootstrap_servers: bootstrap.clone(),
+                topic: TOPIC.into(),
+                topic_partitions: 3,
+            },
+            republish_interval: Duration::from_millis(500),
+        };
+        let app = order_service
+            .runtime
+            .block_on(order_service::Application::build(config))
+            .expect("order-service builds");
+        let order_service_addr = app.local_addr().unwrap();
+        order_service.handle = Some(order_service.runtime.spawn(app.run_until_stopped(shutdown.clone())));
+
+        let mut worker = Service::new("worker");
+        let config = worker::Config {
+            bootstrap_servers: bootstrap,
+            topic: TOPIC.into(),
+            group_id: GROUP.into(),
+            order_service_url: format!("http://{order_service_addr}"),
+            health_addr: "127.0.0.1:0".parse().unwrap(),
+        };
+        let app = worker
+            .runtime
+            .block_on(worker::Application::build(config))
+            .expect("worker builds");
+        let worker_health_addr = app.health_addr().unwrap();
+        worker.handle = Some(worker.runtime.spawn(app.run_until_stopped(shutdown.clone())));
+
+        let mut gateway = Service::new("gateway");
+        let config = gateway::Config {
+            listen_addr: "127.0.0.1:0".parse().unwrap(),
+            order_service_url: format!("http://{order_service_addr}"),
+            order_service_timeout: Duration::from_secs(5),
+            max_body_bytes: 16 * 1024,
+        };
+        let app = gateway
+            .runtime
+            .block_on(gateway::Application::build(config))
+            .expect("gateway builds");
+        let gateway_addr = app.local_addr().unwrap();
+        gateway.handle = Some(gateway.runtime.spawn(app.run_until_stopped(shutdown.clone())));
+
+        Self {
+            kafka,
+            order_service,
+            worker,
+            gateway,
+            order_service_addr,
+            gateway_addr,
+            worker_health_addr,
+            shutdown,
+            data_dir,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.gateway_addr)
+    }
+
+    /// Stops every service the way a SIGTERM does and checks that each exits cleanly.
+    pub fn stop(mut self) {
+        self.shutdown.cancel();
+        for service in [&mut self.gateway, &mut self.worker, &mut self.order_service] {
+            if let Some(handle) = service.handle.take() {
+                let result = service.runtime.block_on(async {
+                    tokio::time::timeout(Duration::from_secs(20), handle).await
+                });
+                match result {
+                    Ok(Ok(Ok(()))) => {}
+                    other => panic!("{} did not stop cleanly: {other:?}", service.capture.name()),
+                }
+            }
+            service.capture.shutdown();
+        }
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn uuid_like() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default()
+    )
+}
