@@ -65,7 +65,10 @@ mod tests {
 
     #[test]
     fn accepts_a_normal_order() {
-        assert_eq!(check("customer-1", &[("SKU-1", 1), ("SKU-2", 1000)]), Ok(()));
+        assert_eq!(
+            check("customer-1", &[("SKU-1", 1), ("SKU-2", 1000)]),
+            Ok(())
+        );
     }
 
     #[test]
@@ -75,10 +78,16 @@ mod tests {
         let long = "x".repeat(MAX_ID_LEN + 1);
         assert_eq!(check(&long, &[("A", 1)]), Err(ValidationError::CustomerId));
         assert_eq!(check("c", &[]), Err(ValidationError::NoItems));
-        assert_eq!(check("c", &[("A", 1), ("", 1)]), Err(ValidationError::Sku(1)));
+        assert_eq!(
+            check("c", &[("A", 1), ("", 1)]),
+            Err(ValidationError::Sku(1))
+        );
         assert_eq!(check("c", &[("A", 0)]), Err(ValidationError::Quantity(0)));
         assert_eq!(check("c", &[("A", -3)]), Err(ValidationError::Quantity(0)));
-        assert_eq!(check("c", &[("A", MAX_QUANTITY + 1)]), Err(ValidationError::Quantity(0)));
+        assert_eq!(
+            check("c", &[("A", MAX_QUANTITY + 1)]),
+            Err(ValidationError::Quantity(0))
+        );
         let many = vec![("A", 1); MAX_ITEMS + 1];
         assert_eq!(check("c", &many), Err(ValidationError::TooManyItems));
     }

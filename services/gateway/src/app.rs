@@ -39,7 +39,9 @@ pub struct Application {
 
 impl std::fmt::Debug for Application {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Application").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Application")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 

@@ -24,11 +24,19 @@ impl Config {
         if tonic::transport::Endpoint::from_shared(order_service_url.clone()).is_err()
             || !order_service_url.starts_with("http")
         {
-            return Err(invalid("ORDER_SERVICE_URL", &order_service_url, "expected an http:// URL"));
+            return Err(invalid(
+                "ORDER_SERVICE_URL",
+                &order_service_url,
+                "expected an http:// URL",
+            ));
         }
         let timeout_ms: u64 = parse_or(source, "ORDER_SERVICE_TIMEOUT_MS", 5000)?;
         if timeout_ms == 0 {
-            return Err(invalid("ORDER_SERVICE_TIMEOUT_MS", timeout_ms, "must be positive"));
+            return Err(invalid(
+                "ORDER_SERVICE_TIMEOUT_MS",
+                timeout_ms,
+                "must be positive",
+            ));
         }
         Ok(Self {
             listen_addr: parse_or(source, "LISTEN_ADDR", ([0, 0, 0, 0], 8080).into())?,

@@ -26,7 +26,11 @@ impl ApiError {
     }
 
     pub fn validation(error: proto::validation::ValidationError) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "validation_failed", error.to_string())
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "validation_failed",
+            error.to_string(),
+        )
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
@@ -65,10 +69,26 @@ impl From<JsonRejection> for ApiError {
 impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
         let (http, code, message) = match status.code() {
-            Code::InvalidArgument => (StatusCode::BAD_REQUEST, "invalid_argument", status.message().to_owned()),
-            Code::NotFound => (StatusCode::NOT_FOUND, "not_found", status.message().to_owned()),
-            Code::AlreadyExists => (StatusCode::CONFLICT, "already_exists", status.message().to_owned()),
-            Code::FailedPrecondition => (StatusCode::CONFLICT, "conflict", status.message().to_owned()),
+            Code::InvalidArgument => (
+                StatusCode::BAD_REQUEST,
+                "invalid_argument",
+                status.message().to_owned(),
+            ),
+            Code::NotFound => (
+                StatusCode::NOT_FOUND,
+                "not_found",
+                status.message().to_owned(),
+            ),
+            Code::AlreadyExists => (
+                StatusCode::CONFLICT,
+                "already_exists",
+                status.message().to_owned(),
+            ),
+            Code::FailedPrecondition => (
+                StatusCode::CONFLICT,
+                "conflict",
+                status.message().to_owned(),
+            ),
             Code::Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "order_service_unavailable",

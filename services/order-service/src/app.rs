@@ -7,15 +7,15 @@ use anyhow::Context as _;
 use proto::order::v1::order_service_server::OrderServiceServer;
 use telemetry::propagation::grpc::GrpcServerLayer;
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic::transport::server::TcpIncoming;
 
 use crate::config::Config;
 use crate::events::{self, EventPublisher, Republisher};
+use crate::health;
 use crate::orders::OrderApi;
 use crate::store::Store;
-use crate::health;
 
 #[derive(Debug)]
 pub struct Application {

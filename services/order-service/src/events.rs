@@ -33,7 +33,9 @@ pub struct EventPublisher {
 
 impl std::fmt::Debug for EventPublisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventPublisher").field("topic", &self.topic).finish()
+        f.debug_struct("EventPublisher")
+            .field("topic", &self.topic)
+            .finish()
     }
 }
 
@@ -60,7 +62,11 @@ impl EventPublisher {
 
     /// Like [`EventPublisher::publish`], for an order stored earlier: the PRODUCER span
     /// continues the trace saved with the order.
-    pub async fn publish_stored(&self, order: &Order, trace_context: &str) -> Result<(), KafkaError> {
+    pub async fn publish_stored(
+        &self,
+        order: &Order,
+        trace_context: &str,
+    ) -> Result<(), KafkaError> {
         let span = kafka::producer_span(&self.topic, &order.id);
         stored::restore_parent(&span, trace_context);
         self.send(order, span).await
@@ -146,7 +152,11 @@ pub async fn ensure_topic(config: &KafkaConfig) -> Result<(), KafkaError> {
     if exists {
         return Ok(());
     }
-    let topic = NewTopic::new(&config.topic, config.topic_partitions, TopicReplication::Fixed(1));
+    let topic = NewTopic::new(
+        &config.topic,
+        config.topic_partitions,
+        TopicReplication::Fixed(1),
+    );
     let options = AdminOptions::new()
         .operation_timeout(Some(Duration::from_secs(10)))
         .request_timeout(Some(Duration::from_secs(10)));
@@ -197,7 +207,11 @@ impl Republisher {
             }
         };
         for entry in pending {
-            match self.publisher.publish_stored(&entry.order, &entry.trace_context).await {
+            match self
+                .publisher
+                .publish_stored(&entry.order, &entry.trace_context)
+                .await
+            {
                 Ok(()) => {
                     if let Err(error) = self.store.mark_published(entry.order.id.clone()).await {
                         tracing::warn!(order_id = %entry.order.id, %error, "published, but not marked");

@@ -41,12 +41,18 @@ pub async fn watch_dependencies(
                 None => {
                     tracing::info!("dependencies reachable: serving");
                     reporter.set_serving::<OrderServiceServer<OrderApi>>().await;
-                    reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
+                    reporter
+                        .set_service_status("", tonic_health::ServingStatus::Serving)
+                        .await;
                 }
                 Some(problem) => {
                     tracing::warn!(%problem, "dependency unreachable: not serving");
-                    reporter.set_not_serving::<OrderServiceServer<OrderApi>>().await;
-                    reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+                    reporter
+                        .set_not_serving::<OrderServiceServer<OrderApi>>()
+                        .await;
+                    reporter
+                        .set_service_status("", tonic_health::ServingStatus::NotServing)
+                        .await;
                 }
             }
             last = Some(problem);

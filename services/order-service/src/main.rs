@@ -21,5 +21,8 @@ async fn main() -> anyhow::Result<()> {
 async fn run() -> anyhow::Result<()> {
     let config = Config::from_env(&lifecycle::env::ProcessEnv).context("reading settings")?;
     let shutdown = lifecycle::shutdown::on_signal();
-    Application::build(config).await?.run_until_stopped(shutdown).await
+    Application::build(config)
+        .await?
+        .run_until_stopped(shutdown)
+        .await
 }

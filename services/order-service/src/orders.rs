@@ -43,7 +43,11 @@ impl OrderService for OrderApi {
         let order = store::Order {
             id: uuid::Uuid::new_v4().to_string(),
             customer_id: request.customer_id,
-            items: request.items.into_iter().map(|i| (i.sku, i.quantity)).collect(),
+            items: request
+                .items
+                .into_iter()
+                .map(|i| (i.sku, i.quantity))
+                .collect(),
             status: OrderStatus::Pending,
             failure_reason: None,
         };
@@ -73,7 +77,10 @@ impl OrderService for OrderApi {
         }))
     }
 
-    async fn get_order(&self, request: Request<GetOrderRequest>) -> Result<Response<Order>, Status> {
+    async fn get_order(
+        &self,
+        request: Request<GetOrderRequest>,
+    ) -> Result<Response<Order>, Status> {
         let id = parse_order_id(&request.get_ref().order_id)?;
         let order = self.store.get(id).await.map_err(storage_error)?;
         Ok(Response::new(to_proto(order)))
@@ -91,9 +98,15 @@ impl OrderService for OrderApi {
                 (OrderStatus::Failed, Some(request.failure_reason))
             }
             Ok(OrderStatus::Failed) => {
-                return Err(Status::invalid_argument("a FAILED order needs a failure_reason"));
+                return Err(Status::invalid_argument(
+                    "a FAILED order needs a failure_reason",
+                ));
             }
-            _ => return Err(Status::invalid_argument("status must be FULFILLED or FAILED")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "status must be FULFILLED or FAILED",
+                ));
+            }
         };
         let order = self
             .store
@@ -115,10 +128,9 @@ fn parse_order_id(raw: &str) -> Result<String, Status> {
 fn storage_error(error: StoreError) -> Status {
     match error {
         StoreError::NotFound(id) => Status::not_found(format!("order {id} not found")),
-        StoreError::Conflict { id, current } => Status::failed_precondition(format!(
-            "order {id} is already {}",
-            current.as_str_name()
-        )),
+        StoreError::Conflict { id, current } => {
+            Status::failed_precondition(format!("order {id} is already {}", current.as_str_name()))
+        }
         StoreError::Database(_) | StoreError::Task(_) => {
             tracing::error!(error = %error, source = ?std::error::Error::source(&error), "storage failure");
             Status::unavailable("order storage is unavailable")

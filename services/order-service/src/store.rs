@@ -135,7 +135,10 @@ impl Store {
 
     pub async fn mark_published(&self, id: String) -> Result<(), StoreError> {
         self.run("UPDATE", move |c| {
-            c.execute("UPDATE orders SET event_published = 1 WHERE id = ?1", params![id])?;
+            c.execute(
+                "UPDATE orders SET event_published = 1 WHERE id = ?1",
+                params![id],
+            )?;
             Ok(())
         })
         .await
@@ -181,7 +184,11 @@ impl Store {
     }
 
     /// Orders older than `min_age_ms` whose event has not been published.
-    pub async fn unpublished(&self, min_age_ms: i64, limit: i64) -> Result<Vec<Unpublished>, StoreError> {
+    pub async fn unpublished(
+        &self,
+        min_age_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<Unpublished>, StoreError> {
         self.run("SELECT", move |c| {
             let mut statement = c.prepare(
                 "SELECT id, customer_id, items, status, failure_reason, trace_context FROM orders
@@ -259,7 +266,10 @@ mod tests {
         let path = dir.join("orders.db");
         {
             let store = Store::open(&path).unwrap();
-            store.insert(order("o-1"), "traceparent: x".into()).await.unwrap();
+            store
+                .insert(order("o-1"), "traceparent: x".into())
+                .await
+                .unwrap();
         }
         let store = Store::open(&path).unwrap();
         assert_eq!(store.get("o-1".into()).await.unwrap(), order("o-1"));
@@ -269,9 +279,15 @@ mod tests {
         store.mark_published("o-1".into()).await.unwrap();
         assert!(store.unpublished(0, 10).await.unwrap().is_empty());
 
-        let done = store.complete("o-1".into(), OrderStatus::Fulfilled, None).await.unwrap();
+        let done = store
+            .complete("o-1".into(), OrderStatus::Fulfilled, None)
+            .await
+            .unwrap();
         assert_eq!(done.status, OrderStatus::Fulfilled);
-        let again = store.complete("o-1".into(), OrderStatus::Fulfilled, None).await.unwrap();
+        let again = store
+            .complete("o-1".into(), OrderStatus::Fulfilled, None)
+            .await
+            .unwrap();
         assert_eq!(again.status, OrderStatus::Fulfilled);
         let conflict = store
             .complete("o-1".into(), OrderStatus::Failed, Some("late".into()))

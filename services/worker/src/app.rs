@@ -25,7 +25,9 @@ pub struct Application {
 
 impl std::fmt::Debug for Application {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Application").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Application")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -71,9 +73,14 @@ impl Application {
         tasks.close();
 
         tracing::info!(topic = %self.config.topic, group = %self.config.group_id, "worker consuming");
-        let result = consumer::run(self.consumer, self.config.group_id, self.reporter, shutdown.clone())
-            .await
-            .context("consuming");
+        let result = consumer::run(
+            self.consumer,
+            self.config.group_id,
+            self.reporter,
+            shutdown.clone(),
+        )
+        .await
+        .context("consuming");
         // Whatever ended the loop, the rest of the service stops too.
         shutdown.cancel();
         tasks.wait().await;
@@ -89,7 +96,8 @@ async fn watch_dependencies(
     config: Config,
     shutdown: CancellationToken,
 ) {
-    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(config.order_service_url.clone()) else {
+    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(config.order_service_url.clone())
+    else {
         return;
     };
     let channel = endpoint.connect_lazy();

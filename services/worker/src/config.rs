@@ -25,7 +25,11 @@ impl Config {
         if tonic::transport::Endpoint::from_shared(order_service_url.clone()).is_err()
             || !order_service_url.starts_with("http")
         {
-            return Err(invalid("ORDER_SERVICE_URL", &order_service_url, "expected an http:// URL"));
+            return Err(invalid(
+                "ORDER_SERVICE_URL",
+                &order_service_url,
+                "expected an http:// URL",
+            ));
         }
         Ok(Self {
             bootstrap_servers: string_or(source, "KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),

@@ -49,7 +49,11 @@ pub async fn fulfil(event: &OrderCreated) -> Outcome {
 async fn reserve_stock(event: OrderCreated) -> Result<(), String> {
     // Stands in for a call to an inventory system.
     tokio::time::sleep(Duration::from_millis(10 + 5 * event.items.len() as u64)).await;
-    match event.items.iter().find(|i| i.sku.starts_with(OUT_OF_STOCK_PREFIX)) {
+    match event
+        .items
+        .iter()
+        .find(|i| i.sku.starts_with(OUT_OF_STOCK_PREFIX))
+    {
         Some(item) => {
             let reason = format!("out of stock: {}", item.sku);
             tracing::warn!(%reason, "stock reservation failed");
@@ -68,7 +72,8 @@ async fn charge_payment(event: OrderCreated) -> Result<(), String> {
     tokio::time::sleep(Duration::from_millis(25)).await;
     let units: i64 = event.items.iter().map(|i| i.quantity).sum();
     if units > PAYMENT_LIMIT_UNITS {
-        let reason = format!("payment declined: {units} units is over the {PAYMENT_LIMIT_UNITS}-unit limit");
+        let reason =
+            format!("payment declined: {units} units is over the {PAYMENT_LIMIT_UNITS}-unit limit");
         tracing::warn!(%reason, "payment failed");
         record_step_error(&reason);
         return Err(reason);

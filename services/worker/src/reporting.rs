@@ -86,6 +86,11 @@ impl Reporter {
 fn is_transient(code: Code) -> bool {
     matches!(
         code,
-        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Internal | Code::ResourceExhausted | Code::Aborted
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Unknown
+            | Code::Internal
+            | Code::ResourceExhausted
+            | Code::Aborted
     )
 }

@@ -12,8 +12,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use serde_json::json;
-use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 /// `None` when ready, otherwise what is wrong.
@@ -53,7 +53,10 @@ impl Readiness {
 /// `GET /health/live` (the process answers) and `GET /health/ready` (its dependencies do).
 pub fn routes(readiness: Readiness) -> Router {
     Router::new()
-        .route("/health/live", get(|| async { Json(json!({ "status": "live" })) }))
+        .route(
+            "/health/live",
+            get(|| async { Json(json!({ "status": "live" })) }),
+        )
         .route("/health/ready", get(ready))
         .with_state(readiness)
 }

@@ -101,9 +101,7 @@ impl TelemetryConfig {
     /// defaults for a binary that sets neither (pass `env!("CARGO_PKG_NAME")` and
     /// `env!("CARGO_PKG_VERSION")`).
     pub fn from_env(service_name: &str, service_version: &str) -> Result<Self, ConfigError> {
-        Self::from_lookup(service_name, service_version, |key| {
-            std::env::var(key).ok()
-        })
+        Self::from_lookup(service_name, service_version, |key| std::env::var(key).ok())
     }
 
     /// Like [`TelemetryConfig::from_env`] with any source of variables (tests pass a map).
@@ -232,7 +230,10 @@ fn parse_otlp(get: &impl Fn(&str) -> Option<String>) -> Result<OtlpConfig, Confi
 
     let (timeout_var, timeout_raw) = first_set(
         get,
-        &["OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"],
+        &[
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+            "OTEL_EXPORTER_OTLP_TIMEOUT",
+        ],
     );
     let timeout = match timeout_raw {
         Some(raw) => Duration::from_millis(parse_positive(timeout_var, &raw)?),
@@ -326,7 +327,11 @@ fn parse_batch(get: &impl Fn(&str) -> Option<String>) -> Result<BatchSettings, C
 fn parse_positive(var: &'static str, raw: &str) -> Result<u64, ConfigError> {
     match raw.trim().parse::<u64>() {
         Ok(n) if n > 0 => Ok(n),
-        _ => Err(ConfigError::new(var, raw, "expected a positive whole number")),
+        _ => Err(ConfigError::new(
+            var,
+            raw,
+            "expected a positive whole number",
+        )),
     }
 }
 
@@ -336,11 +341,19 @@ fn parse_resource_attributes(raw: &str) -> Result<Vec<(String, String)>, ConfigE
     let mut attributes = Vec::new();
     for pair in raw.split(',').filter(|p| !p.trim().is_empty()) {
         let Some((key, value)) = pair.split_once('=') else {
-            return Err(ConfigError::new(VAR, raw, format!("{pair:?} is not key=value")));
+            return Err(ConfigError::new(
+                VAR,
+                raw,
+                format!("{pair:?} is not key=value"),
+            ));
         };
         let key = key.trim();
         if key.is_empty() {
-            return Err(ConfigError::new(VAR, raw, format!("{pair:?} has an empty key")));
+            return Err(ConfigError::new(
+                VAR,
+                raw,
+                format!("{pair:?} has an empty key"),
+            ));
         }
         let value = percent_decode(value.trim())
             .ok_or_else(|| ConfigError::new(VAR, raw, format!("{pair:?} has a bad %-escape")))?;
@@ -390,16 +403,20 @@ mod tests {
         assert_eq!(c.sampler, SamplerConfig::ParentBasedAlwaysOn);
         assert_eq!(c.batch.max_queue_size, 2048);
         assert_eq!(c.batch.scheduled_delay, Duration::from_secs(5));
-        assert!(c
-            .resource_attributes
-            .contains(&("deployment.environment.name".into(), "local".into())));
+        assert!(
+            c.resource_attributes
+                .contains(&("deployment.environment.name".into(), "local".into()))
+        );
     }
 
     #[test]
     fn reads_the_standard_variables() {
         let c = config(&[
             ("OTEL_SERVICE_NAME", "gateway"),
-            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=demo,team=a%2Cb,service.version=9"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "deployment.environment.name=demo,team=a%2Cb,service.version=9",
+            ),
             ("OTEL_TRACES_EXPORTER", "console,otlp"),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel-collector:4317"),
@@ -429,13 +446,19 @@ mod tests {
     fn http_endpoints_get_the_traces_path_only_from_the_generic_variable() {
         let generic = config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/")]).unwrap();
         assert_eq!(generic.otlp.endpoint, "http://c:4318/v1/traces");
-        let signal = config(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:4318/custom")]).unwrap();
+        let signal =
+            config(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:4318/custom")]).unwrap();
         assert_eq!(signal.otlp.endpoint, "http://c:4318/custom");
     }
 
     #[test]
     fn none_disables_export() {
-        assert!(config(&[("OTEL_TRACES_EXPORTER", "none")]).unwrap().exporters.is_empty());
+        assert!(
+            config(&[("OTEL_TRACES_EXPORTER", "none")])
+                .unwrap()
+                .exporters
+                .is_empty()
+        );
     }
 
     #[test]

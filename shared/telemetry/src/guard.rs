@@ -43,10 +43,10 @@ impl Drop for TelemetryGuard {
     /// A last resort for exits that skipped `shutdown` (a `?` in `main`): better a
     /// blocking flush than lost spans.
     fn drop(&mut self) {
-        if let Some(provider) = self.provider.take() {
-            if let Err(e) = provider.shutdown() {
-                eprintln!("telemetry shutdown on drop: {e}");
-            }
+        if let Some(provider) = self.provider.take()
+            && let Err(e) = provider.shutdown()
+        {
+            eprintln!("telemetry shutdown on drop: {e}");
         }
     }
 }

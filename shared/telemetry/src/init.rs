@@ -9,7 +9,9 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::resource::TelemetryResourceDetector;
-use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider,
+};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -20,8 +22,7 @@ use crate::log_format::LineWithTraceIds;
 
 /// Spans from the libraries that carry the exporter's own traffic. Without this filter
 /// every export makes new spans, which are exported in turn: the exporter traces itself.
-const EXPORTER_TRANSPORT_OFF: &str =
-    "h2=off,hyper=off,hyper_util=off,tonic=off,tower=off,reqwest=off,opentelemetry=off,opentelemetry_sdk=off,opentelemetry_otlp=off";
+const EXPORTER_TRANSPORT_OFF: &str = "h2=off,hyper=off,hyper_util=off,tonic=off,tower=off,reqwest=off,opentelemetry=off,opentelemetry_sdk=off,opentelemetry_otlp=off";
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
@@ -94,7 +95,10 @@ pub(crate) fn resource(config: &TelemetryConfig) -> Resource {
     Resource::builder_empty()
         .with_detector(Box::new(TelemetryResourceDetector))
         .with_service_name(config.service_name.clone())
-        .with_attribute(KeyValue::new("service.version", config.service_version.clone()))
+        .with_attribute(KeyValue::new(
+            "service.version",
+            config.service_version.clone(),
+        ))
         .with_attributes(
             config
                 .resource_attributes

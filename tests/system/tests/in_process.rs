@@ -2,6 +2,9 @@
 //! captured in memory per service. Proves the trace is whole: one trace id from the HTTP
 //! request to the last gRPC call the worker makes, with an unbroken parent chain.
 
+// Test-only crate: a panic is how a helper reports a failed set-up.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::time::Duration;
@@ -26,7 +29,10 @@ struct Client {
 impl Client {
     fn new() -> Self {
         Self {
-            runtime: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
             http: reqwest::Client::new(),
         }
     }
@@ -41,11 +47,14 @@ impl Client {
         })
     }
 
-    fn place_order(&self, stack: &Stack, traceparent: Option<&str>) -> (String, TraceId, reqwest::header::HeaderMap) {
-        let mut request = self
-            .http
-            .post(stack.url("/api/orders"))
-            .json(&json!({"customer_id": "customer-1", "items": [{"sku": "SKU-1", "quantity": 2}]}));
+    fn place_order(
+        &self,
+        stack: &Stack,
+        traceparent: Option<&str>,
+    ) -> (String, TraceId, reqwest::header::HeaderMap) {
+        let mut request = self.http.post(stack.url("/api/orders")).json(
+            &json!({"customer_id": "customer-1", "items": [{"sku": "SKU-1", "quantity": 2}]}),
+        );
         if let Some(traceparent) = traceparent {
             request = request.header("traceparent", traceparent);
         }
@@ -53,13 +62,15 @@ impl Client {
         assert_eq!(status, 201, "{body}");
         assert_eq!(body["status"], "PENDING");
         let order_id = body["order_id"].as_str().expect("order_id").to_owned();
-        let trace_id = TraceId::from_hex(body["trace_id"].as_str().expect("trace_id")).expect("hex");
+        let trace_id =
+            TraceId::from_hex(body["trace_id"].as_str().expect("trace_id")).expect("hex");
         (order_id, trace_id, headers)
     }
 
     fn wait_for_status(&self, stack: &Stack, order_id: &str) -> Value {
         wait_for("the order to reach a final status", WAIT, || {
-            let (status, _, body) = self.send(self.http.get(stack.url(&format!("/api/orders/{order_id}"))));
+            let (status, _, body) =
+                self.send(self.http.get(stack.url(&format!("/api/orders/{order_id}"))));
             assert_eq!(status, 200, "{body}");
             (body["status"] != "PENDING").then_some(body)
         })
@@ -68,10 +79,16 @@ impl Client {
 
 /// Waits until the worker has finished its consumer span for `trace_id`: the last span
 /// of the trace to end.
-fn wait_for_trace(stack: &Stack, trace_id: TraceId) -> (Vec<SpanData>, Vec<SpanData>, Vec<SpanData>) {
+fn wait_for_trace(
+    stack: &Stack,
+    trace_id: TraceId,
+) -> (Vec<SpanData>, Vec<SpanData>, Vec<SpanData>) {
     wait_for("the worker's consumer span", WAIT, || {
         let worker = of_trace(&stack.worker.capture.spans(), trace_id);
-        worker.iter().any(|s| s.name == "process orders").then_some(())
+        worker
+            .iter()
+            .any(|s| s.name == "process orders")
+            .then_some(())
     });
     (
         of_trace(&stack.gateway.capture.spans(), trace_id),
@@ -89,14 +106,21 @@ fn one_order_makes_one_unbroken_trace_across_http_grpc_and_kafka() {
     let body = client.wait_for_status(&stack, &order_id);
     assert_eq!(body["status"], "FULFILLED", "{body}");
     let traceresponse = headers["traceresponse"].to_str().unwrap();
-    assert!(traceresponse.starts_with(&format!("00-{trace_id}-")), "{traceresponse}");
+    assert!(
+        traceresponse.starts_with(&format!("00-{trace_id}-")),
+        "{traceresponse}"
+    );
 
     let (gateway, orders, worker) = wait_for_trace(&stack, trace_id);
 
     // gateway: HTTP server → gRPC client
     let http_server = one(&gateway, "POST /api/orders");
     assert_eq!(http_server.span_kind, SpanKind::Server);
-    assert_eq!(http_server.parent_span_id, opentelemetry::trace::SpanId::INVALID, "the trace starts here");
+    assert_eq!(
+        http_server.parent_span_id,
+        opentelemetry::trace::SpanId::INVALID,
+        "the trace starts here"
+    );
     assert_eq!(attr_str(http_server, "http.request.method"), "POST");
     assert_eq!(attr_str(http_server, "http.route"), "/api/orders");
     assert_eq!(attr_i64(http_server, "http.response.status_code"), 201);
@@ -104,7 +128,10 @@ fn one_order_makes_one_unbroken_trace_across_http_grpc_and_kafka() {
     let create_client = one(&gateway, "order.v1.OrderService/CreateOrder");
     assert_child(create_client, http_server, SpanKind::Client);
     assert_eq!(attr_str(create_client, "rpc.system"), "grpc");
-    assert_eq!(attr_str(create_client, "rpc.service"), "order.v1.OrderService");
+    assert_eq!(
+        attr_str(create_client, "rpc.service"),
+        "order.v1.OrderService"
+    );
     assert_eq!(attr_str(create_client, "rpc.method"), "CreateOrder");
     assert_eq!(attr_i64(create_client, "rpc.grpc.status_code"), 0);
 
@@ -128,17 +155,26 @@ fn one_order_makes_one_unbroken_trace_across_http_grpc_and_kafka() {
     let consumer = one(&worker, &format!("process {TOPIC}"));
     assert_child(consumer, producer, SpanKind::Consumer);
     assert_eq!(attr_str(consumer, "messaging.operation.type"), "process");
-    assert_eq!(attr_str(consumer, "messaging.consumer.group.name"), support::GROUP);
+    assert_eq!(
+        attr_str(consumer, "messaging.consumer.group.name"),
+        support::GROUP
+    );
     assert_eq!(attr_str(consumer, "messaging.kafka.message.key"), order_id);
     assert!(
-        consumer.links.iter().any(|l| l.span_context.span_id() == id(producer)),
+        consumer
+            .links
+            .iter()
+            .any(|l| l.span_context.span_id() == id(producer)),
         "the consumer span links to the producer span"
     );
     for step in ["reserve stock", "charge payment"] {
         let span = one(&worker, step);
         assert_child(span, consumer, SpanKind::Internal);
         // A span ends after the work it covers, and within its parent.
-        assert!(span.end_time <= consumer.end_time, "{step} ends inside the consumer span");
+        assert!(
+            span.end_time <= consumer.end_time,
+            "{step} ends inside the consumer span"
+        );
     }
     let complete_client = one(&worker, "order.v1.OrderService/CompleteOrder");
     assert_child(complete_client, consumer, SpanKind::Client);
@@ -150,7 +186,11 @@ fn one_order_makes_one_unbroken_trace_across_http_grpc_and_kafka() {
     // Every span of the trace has its parent in the trace (except the root), and none failed.
     let all: Vec<&SpanData> = gateway.iter().chain(&orders).chain(&worker).collect();
     for span in &all {
-        assert!(!is_error(span), "unexpected error status on {:?}", span.name);
+        assert!(
+            !is_error(span),
+            "unexpected error status on {:?}",
+            span.name
+        );
         if span.span_context.span_id() != id(http_server) {
             assert!(
                 all.iter().any(|p| id(p) == span.parent_span_id),
@@ -173,7 +213,12 @@ fn an_incoming_traceparent_is_continued_and_an_invalid_one_starts_a_fresh_trace(
     let (order_id, trace_id, headers) =
         client.place_order(&stack, Some(&format!("00-{caller_trace}-{caller_span}-01")));
     assert_eq!(trace_id.to_string(), caller_trace);
-    assert!(headers["traceresponse"].to_str().unwrap().contains(caller_trace));
+    assert!(
+        headers["traceresponse"]
+            .to_str()
+            .unwrap()
+            .contains(caller_trace)
+    );
     client.wait_for_status(&stack, &order_id);
     let (gateway, _, worker) = wait_for_trace(&stack, trace_id);
     let http_server = one(&gateway, "POST /api/orders");
@@ -186,7 +231,10 @@ fn an_incoming_traceparent_is_continued_and_an_invalid_one_starts_a_fresh_trace(
     assert_ne!(trace_id.to_string(), caller_trace);
     client.wait_for_status(&stack, &order_id);
     let (gateway, _, _) = wait_for_trace(&stack, trace_id);
-    assert_eq!(one(&gateway, "POST /api/orders").parent_span_id, opentelemetry::trace::SpanId::INVALID);
+    assert_eq!(
+        one(&gateway, "POST /api/orders").parent_span_id,
+        opentelemetry::trace::SpanId::INVALID
+    );
 
     stack.stop();
 }
@@ -195,9 +243,10 @@ fn an_incoming_traceparent_is_continued_and_an_invalid_one_starts_a_fresh_trace(
 fn business_failures_fail_the_order_not_the_trace() {
     let stack = Stack::start();
     let client = Client::new();
-    let (status, _, body) = client.send(client.http.post(stack.url("/api/orders")).json(
-        &json!({"customer_id": "customer-2", "items": [{"sku": "OOS-1", "quantity": 1}]}),
-    ));
+    let (status, _, body) =
+        client.send(client.http.post(stack.url("/api/orders")).json(
+            &json!({"customer_id": "customer-2", "items": [{"sku": "OOS-1", "quantity": 1}]}),
+        ));
     assert_eq!(status, 201, "{body}");
     let order_id = body["order_id"].as_str().unwrap().to_owned();
     let trace_id = TraceId::from_hex(body["trace_id"].as_str().unwrap()).unwrap();
@@ -205,8 +254,14 @@ fn business_failures_fail_the_order_not_the_trace() {
     assert_eq!(body["status"], "FAILED");
     assert_eq!(body["failure_reason"], "out of stock: OOS-1");
     let (_, _, worker) = wait_for_trace(&stack, trace_id);
-    assert!(is_error(one(&worker, "reserve stock")), "the failing step is marked");
-    assert!(!is_error(one(&worker, "process orders")), "the message itself was handled");
+    assert!(
+        is_error(one(&worker, "reserve stock")),
+        "the failing step is marked"
+    );
+    assert!(
+        !is_error(one(&worker, "process orders")),
+        "the message itself was handled"
+    );
     stack.stop();
 }
 
@@ -224,12 +279,14 @@ fn unknown_orders_are_404_and_bad_orders_are_400_at_both_layers() {
     assert_eq!(body["trace_id"].as_str().map(str::len), Some(32));
 
     // The order-service validates again: a caller that skips the gateway gets INVALID_ARGUMENT.
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let code = runtime.block_on(async {
-        let mut grpc = proto::order::v1::order_service_client::OrderServiceClient::connect(format!(
-            "http://{}",
-            stack.order_service_addr
-        ))
+        let mut grpc = proto::order::v1::order_service_client::OrderServiceClient::connect(
+            format!("http://{}", stack.order_service_addr),
+        )
         .await
         .unwrap();
         grpc.create_order(proto::order::v1::CreateOrderRequest {
@@ -264,7 +321,10 @@ fn a_poison_message_is_recorded_skipped_and_does_not_stop_the_worker() {
         });
         producer
             .send(
-                FutureRecord::to(TOPIC).key("poison").payload("{not json").headers(headers),
+                FutureRecord::to(TOPIC)
+                    .key("poison")
+                    .payload("{not json")
+                    .headers(headers),
                 Duration::from_secs(5),
             )
             .await
@@ -272,14 +332,23 @@ fn a_poison_message_is_recorded_skipped_and_does_not_stop_the_worker() {
     });
 
     let consumer = wait_for("the poison record's consumer span", WAIT, || {
-        let spans = of_trace(&stack.worker.capture.spans(), TraceId::from_hex(poison_trace).unwrap());
+        let spans = of_trace(
+            &stack.worker.capture.spans(),
+            TraceId::from_hex(poison_trace).unwrap(),
+        );
         spans.into_iter().find(|s| s.name == "process orders")
     });
-    assert!(is_error(&consumer), "the poison record's span has error status");
+    assert!(
+        is_error(&consumer),
+        "the poison record's span has error status"
+    );
     assert_eq!(attr_str(&consumer, "error.type"), "malformed_message");
 
     // The worker goes on with the next order.
     let (order_id, _, _) = client.place_order(&stack, None);
-    assert_eq!(client.wait_for_status(&stack, &order_id)["status"], "FULFILLED");
+    assert_eq!(
+        client.wait_for_status(&stack, &order_id)["status"],
+        "FULFILLED"
+    );
     stack.stop();
 }

@@ -87,7 +87,12 @@ where
             tracing::warn!(%error, "could not continue the caller's trace");
         }
         let future = span.in_scope(|| self.inner.call(request));
-        Box::pin(async move { future.instrument(span.clone()).await.map(|r| trace_response(r, span, Side::Server)) })
+        Box::pin(async move {
+            future
+                .instrument(span.clone())
+                .await
+                .map(|r| trace_response(r, span, Side::Server))
+        })
     }
 }
 
@@ -163,7 +168,9 @@ where
 /// A lazily connecting tonic channel to `endpoint` with the client layer on top: pass it
 /// to a generated client (`OrderServiceClient::new(traced_channel(endpoint))`) and every
 /// call carries the caller's trace.
-pub fn traced_channel(endpoint: tonic::transport::Endpoint) -> GrpcClientService<tonic::transport::Channel> {
+pub fn traced_channel(
+    endpoint: tonic::transport::Endpoint,
+) -> GrpcClientService<tonic::transport::Channel> {
     let server = endpoint.uri().clone();
     GrpcClientLayer::new(server).layer(endpoint.connect_lazy())
 }
@@ -200,13 +207,18 @@ fn rpc_span(side: Side, path: &str, server: Option<&Uri>) -> tracing::Span {
 
 /// Records a status found in the headers (a "trailers-only" error response), or hands
 /// the span to the body to wait for the trailers.
-fn trace_response<B>(response: Response<B>, span: tracing::Span, side: Side) -> Response<TracedBody<B>> {
-    let mut span = Some(span);
-    if let Some(code) = grpc_status(response.headers()) {
-        if let Some(span) = span.take() {
+fn trace_response<B>(
+    response: Response<B>,
+    span: tracing::Span,
+    side: Side,
+) -> Response<TracedBody<B>> {
+    let span = match grpc_status(response.headers()) {
+        Some(code) => {
             record_grpc_status(&span, side, code);
+            None
         }
-    }
+        None => Some(span),
+    };
     response.map(|inner| TracedBody { inner, span, side })
 }
 
@@ -256,10 +268,10 @@ where
         let frame = ready!(this.inner.poll_frame(cx));
         match &frame {
             Some(Ok(frame)) => {
-                if let Some(code) = frame.trailers_ref().and_then(grpc_status) {
-                    if let Some(span) = this.span.take() {
-                        record_grpc_status(&span, *this.side, code);
-                    }
+                if let Some(code) = frame.trailers_ref().and_then(grpc_status)
+                    && let Some(span) = this.span.take()
+                {
+                    record_grpc_status(&span, *this.side, code);
                 }
             }
             Some(Err(error)) => {
@@ -280,5 +292,152 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::CapturedService;
+    use opentelemetry::trace::SpanKind;
+    use std::convert::Infallible;
+
+    /// A body that is just the trailers frame, as at the end of a unary tonic response.
+    #[derive(Debug)]
+    struct Trailers(Option<HeaderMap>);
+
+    impl Body for Trailers {
+        // `VecDeque<u8>` implements `bytes::Buf`, which saves a dependency.
+        type Data = std::collections::VecDeque<u8>;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut TaskContext<'_>,
+        ) -> Poll<Option<Result<Frame<Self::Data>, Infallible>>> {
+            Poll::Ready(self.0.take().map(|t| Ok(Frame::trailers(t))))
+        }
+    }
+
+    fn trailers_body(code: &str) -> Trailers {
+        let mut map = HeaderMap::new();
+        map.insert("grpc-status", code.parse().unwrap());
+        Trailers(Some(map))
+    }
+
+    async fn drain<B: Body + Unpin>(mut body: B)
+    where
+        B::Error: std::fmt::Debug,
+    {
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        {
+            frame.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn client_injects_and_server_extracts_through_grpc_metadata() {
+        let capture = CapturedService::new("grpc-test");
+        let _guard = tracing::dispatcher::set_default(capture.dispatch());
+
+        // What the client puts on the wire must parse as tonic metadata.
+        let server = GrpcServerLayer.layer(tower::service_fn(|request: Request<()>| async move {
+            let metadata = tonic::metadata::MetadataMap::from_headers(request.headers().clone());
+            assert!(
+                metadata.get("traceparent").is_some(),
+                "traceparent travels as metadata"
+            );
+            Ok::<_, Infallible>(Response::new(trailers_body("0")))
+        }));
+        let mut client = GrpcClientLayer::new("http://orders:50051".parse().unwrap()).layer(server);
+        let request = Request::post("/order.v1.OrderService/CreateOrder")
+            .body(())
+            .unwrap();
+        let response = tracing::info_span!("caller")
+            .in_scope(|| client.call(request))
+            .await
+            .unwrap();
+        drain(response.into_body()).await;
+
+        let spans = capture.spans();
+        let find = |kind: SpanKind| spans.iter().find(|s| s.span_kind == kind).expect("span");
+        let client_span = find(SpanKind::Client);
+        let server_span = find(SpanKind::Server);
+        assert_eq!(client_span.name, "order.v1.OrderService/CreateOrder");
+        assert_eq!(server_span.name, "order.v1.OrderService/CreateOrder");
+        assert_eq!(
+            server_span.parent_span_id,
+            client_span.span_context.span_id()
+        );
+        assert!(server_span.parent_span_is_remote);
+        for span in [client_span, server_span] {
+            let status = span
+                .attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == "rpc.grpc.status_code");
+            assert_eq!(
+                status.map(|kv| kv.value.clone()),
+                Some(opentelemetry::Value::I64(0))
+            );
+        }
+        let server_address = client_span
+            .attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == "server.address");
+        assert_eq!(
+            server_address.map(|kv| kv.value.as_str().into_owned()),
+            Some("orders".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn server_errors_and_client_errors_are_marked_by_their_own_rules() {
+        let capture = CapturedService::new("grpc-test");
+        let _guard = tracing::dispatcher::set_default(capture.dispatch());
+        // NOT_FOUND (5): the caller's problem, an error only for the client.
+        let server = GrpcServerLayer.layer(tower::service_fn(|_: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(trailers_body("5")))
+        }));
+        let mut client = GrpcClientLayer::new("http://orders:50051".parse().unwrap()).layer(server);
+        let response = client
+            .call(
+                Request::post("/order.v1.OrderService/GetOrder")
+                    .body(())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        drain(response.into_body()).await;
+        let spans = capture.spans();
+        let is_error = |kind: SpanKind| {
+            spans
+                .iter()
+                .find(|s| s.span_kind == kind)
+                .map(|s| matches!(s.status, opentelemetry::trace::Status::Error { .. }))
+        };
+        assert_eq!(is_error(SpanKind::Client), Some(true));
+        assert_eq!(is_error(SpanKind::Server), Some(false));
+    }
+
+    #[tokio::test]
+    async fn an_invalid_traceparent_in_metadata_starts_a_fresh_trace() {
+        let capture = CapturedService::new("grpc-test");
+        let _guard = tracing::dispatcher::set_default(capture.dispatch());
+        let mut server = GrpcServerLayer.layer(tower::service_fn(|_: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(trailers_body("0")))
+        }));
+        let mut request = Request::post("/order.v1.OrderService/GetOrder")
+            .body(())
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("traceparent", "00-xyz-abc-01".parse().unwrap());
+        drain(server.call(request).await.unwrap().into_body()).await;
+        let spans = capture.spans();
+        assert_eq!(spans.len(), 1);
+        assert_eq!(
+            spans[0].parent_span_id,
+            opentelemetry::trace::SpanId::INVALID
+        );
     }
 }

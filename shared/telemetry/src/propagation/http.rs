@@ -141,3 +141,78 @@ fn record_status(span: &tracing::Span, status: u16) {
         span.record("error.type", status.to_string());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::CapturedService;
+    use opentelemetry::trace::{SpanKind, TraceId};
+    use std::convert::Infallible;
+
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const PARENT: &str = "00f067aa0ba902b7";
+
+    async fn serve(
+        traceparent: Option<&str>,
+    ) -> (Response<()>, Vec<opentelemetry_sdk::trace::SpanData>) {
+        let capture = CapturedService::new("http-test");
+        let _guard = tracing::dispatcher::set_default(capture.dispatch());
+        let mut request = Request::get("/orders").body(()).unwrap();
+        if let Some(value) = traceparent {
+            request
+                .headers_mut()
+                .insert("traceparent", HeaderValue::from_str(value).unwrap());
+        }
+        let inner = tower::service_fn(|_req: Request<()>| async {
+            Ok::<_, Infallible>(Response::builder().status(503).body(()).unwrap())
+        });
+        let response = HttpServerLayer.layer(inner).call(request).await.unwrap();
+        (response, capture.spans())
+    }
+
+    #[tokio::test]
+    async fn continues_a_valid_traceparent_and_answers_with_traceresponse() {
+        let (response, spans) = serve(Some(&format!("00-{TRACE}-{PARENT}-01"))).await;
+        let span = &spans[0];
+        assert_eq!(span.span_kind, SpanKind::Server);
+        assert_eq!(
+            span.span_context.trace_id(),
+            TraceId::from_hex(TRACE).unwrap()
+        );
+        assert_eq!(span.parent_span_id.to_string(), PARENT);
+        let traceresponse = response.headers()[TRACERESPONSE].to_str().unwrap();
+        assert_eq!(
+            traceresponse,
+            format!("00-{TRACE}-{}-01", span.span_context.span_id())
+        );
+        // 5xx is the server's failure.
+        assert!(matches!(
+            span.status,
+            opentelemetry::trace::Status::Error { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn invalid_or_missing_traceparent_starts_a_fresh_trace() {
+        for header in [
+            None,
+            Some("garbage"),
+            Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01"),
+        ] {
+            let (response, spans) = serve(header).await;
+            assert_eq!(spans.len(), 1);
+            assert_eq!(
+                spans[0].parent_span_id,
+                opentelemetry::trace::SpanId::INVALID,
+                "{header:?}"
+            );
+            assert!(spans[0].span_context.is_valid());
+            assert_eq!(
+                response.status(),
+                503,
+                "the request itself is never failed by a header"
+            );
+        }
+    }
+}

@@ -21,15 +21,12 @@ use super::{extract, inject};
 pub fn inject_headers(span: &tracing::Span, headers: OwnedHeaders) -> OwnedHeaders {
     let mut carrier = HeaderInjector(Vec::new());
     inject(&span.context(), &mut carrier);
-    carrier
-        .0
-        .iter()
-        .fold(headers, |headers, (key, value)| {
-            headers.insert(Header {
-                key,
-                value: Some(value.as_str()),
-            })
+    carrier.0.iter().fold(headers, |headers, (key, value)| {
+        headers.insert(Header {
+            key,
+            value: Some(value.as_str()),
         })
+    })
 }
 
 /// Collects what the propagator writes; `OwnedHeaders::insert` consumes the headers,
@@ -207,9 +204,15 @@ mod tests {
             TraceState::from_key_value([("vendor", "value")]).unwrap(),
         );
         let mut carrier = HeaderInjector(Vec::new());
-        inject(&opentelemetry::Context::new().with_remote_span_context(sent.clone()), &mut carrier);
+        inject(
+            &opentelemetry::Context::new().with_remote_span_context(sent.clone()),
+            &mut carrier,
+        );
         let h = carrier.0.iter().fold(OwnedHeaders::new(), |h, (k, v)| {
-            h.insert(Header { key: k, value: Some(v.as_str()) })
+            h.insert(Header {
+                key: k,
+                value: Some(v.as_str()),
+            })
         });
         let message = owned_message(h);
         let received = extract(&HeaderExtractor(message.headers().unwrap()));
@@ -219,11 +222,14 @@ mod tests {
     #[test]
     fn invalid_traceparent_extracts_to_no_parent() {
         crate::testing::install_propagator();
-        for bad in ["", "garbage", "00-00000000000000000000000000000000-00f067aa0ba902b7-01"] {
+        for bad in [
+            "",
+            "garbage",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        ] {
             let message = owned_message(headers(&[("traceparent", bad)]));
             let cx = extract(&HeaderExtractor(message.headers().unwrap()));
             assert!(!cx.span().span_context().is_valid(), "{bad:?}");
         }
     }
-
 }

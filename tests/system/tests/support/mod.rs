@@ -73,7 +73,11 @@ impl Stack {
             .block_on(order_service::Application::build(config))
             .expect("order-service builds");
         let order_service_addr = app.local_addr().unwrap();
-        order_service.handle = Some(order_service.runtime.spawn(app.run_until_stopped(shutdown.clone())));
+        order_service.handle = Some(
+            order_service
+                .runtime
+                .spawn(app.run_until_stopped(shutdown.clone())),
+        );
 
         let mut worker = Service::new("worker");
         let config = worker::Config {
@@ -88,7 +92,11 @@ impl Stack {
             .block_on(worker::Application::build(config))
             .expect("worker builds");
         let worker_health_addr = app.health_addr().unwrap();
-        worker.handle = Some(worker.runtime.spawn(app.run_until_stopped(shutdown.clone())));
+        worker.handle = Some(
+            worker
+                .runtime
+                .spawn(app.run_until_stopped(shutdown.clone())),
+        );
 
         let mut gateway = Service::new("gateway");
         let config = gateway::Config {
@@ -102,7 +110,11 @@ impl Stack {
             .block_on(gateway::Application::build(config))
             .expect("gateway builds");
         let gateway_addr = app.local_addr().unwrap();
-        gateway.handle = Some(gateway.runtime.spawn(app.run_until_stopped(shutdown.clone())));
+        gateway.handle = Some(
+            gateway
+                .runtime
+                .spawn(app.run_until_stopped(shutdown.clone())),
+        );
 
         Self {
             kafka,

@@ -42,7 +42,10 @@ pub fn attr_str(span: &SpanData, key: &str) -> String {
 pub fn attr_i64(span: &SpanData, key: &str) -> i64 {
     match attr(span, key) {
         Some(Value::I64(v)) => v,
-        other => panic!("span {:?}: {key} is {other:?}, expected an integer", span.name),
+        other => panic!(
+            "span {:?}: {key} is {other:?}, expected an integer",
+            span.name
+        ),
     }
 }
 
