@@ -6,10 +6,13 @@
 
 use opentelemetry_sdk::trace::SdkTracerProvider;
 
+use crate::span_count::SpanCounter;
+
 #[derive(Debug)]
 #[must_use = "dropping the guard at once shuts telemetry down; keep it until exit"]
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
+    span_counter: SpanCounter,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -17,9 +20,10 @@ pub struct TelemetryGuard {
 pub struct ShutdownError(String);
 
 impl TelemetryGuard {
-    pub(crate) fn new(provider: SdkTracerProvider) -> Self {
+    pub(crate) fn new(provider: SdkTracerProvider, span_counter: SpanCounter) -> Self {
         Self {
             provider: Some(provider),
+            span_counter,
         }
     }
 
@@ -32,10 +36,18 @@ impl TelemetryGuard {
         // The flush blocks while the exporter's requests complete; on a tokio worker
         // thread that could starve the very runtime those requests run on, so it runs on
         // a blocking thread.
-        tokio::task::spawn_blocking(move || provider.shutdown())
+        let result = tokio::task::spawn_blocking(move || provider.shutdown())
             .await
             .map_err(|e| ShutdownError(format!("flush task failed: {e}")))?
-            .map_err(|e| ShutdownError(e.to_string()))
+            .map_err(|e| ShutdownError(e.to_string()));
+        // The end-to-end test reads `spans_recorded` to prove no span was lost on the
+        // way to Jaeger. (The log layer still works; only span export has stopped.)
+        tracing::info!(
+            spans_recorded = self.span_counter.get(),
+            flushed = result.is_ok(),
+            "telemetry shut down"
+        );
+        result
     }
 }
 

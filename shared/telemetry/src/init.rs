@@ -2,6 +2,8 @@
 //! tracer provider (resource, sampler, exporters) and the `tracing` subscriber, and
 //! returns the guard that flushes everything on shutdown.
 
+use std::io::IsTerminal;
+
 use opentelemetry::propagation::TextMapCompositePropagator;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::{KeyValue, global};
@@ -19,6 +21,7 @@ use tracing_subscriber::{EnvFilter, Layer};
 use crate::config::{Exporter, OtlpProtocol, SamplerConfig, TelemetryConfig};
 use crate::guard::TelemetryGuard;
 use crate::log_format::LineWithTraceIds;
+use crate::span_count::SpanCounter;
 
 /// Spans from the libraries that carry the exporter's own traffic. Without this filter
 /// every export makes new spans, which are exported in turn: the exporter traces itself.
@@ -56,7 +59,8 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, InitError> {
     // and every service would then start its own trace.
     global::set_text_map_propagator(propagator());
 
-    let provider = tracer_provider(config)?;
+    let span_counter = SpanCounter::default();
+    let provider = tracer_provider(config, span_counter.clone())?;
     global::set_tracer_provider(provider.clone());
     let tracer = provider.tracer(config.service_name.clone());
 
@@ -65,6 +69,8 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, InitError> {
         .with_filter(otel_filter());
     let log_layer = tracing_subscriber::fmt::layer()
         .event_format(LineWithTraceIds)
+        // Colour only for a person at a terminal; log collectors get plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .with_filter(log_filter);
     tracing_subscriber::registry()
@@ -73,7 +79,7 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, InitError> {
         .try_init()
         .map_err(InitError::AlreadyInitialised)?;
 
-    Ok(TelemetryGuard::new(provider))
+    Ok(TelemetryGuard::new(provider, span_counter))
 }
 
 /// W3C `traceparent`/`tracestate` plus W3C `baggage`.
@@ -121,10 +127,14 @@ pub(crate) fn sampler(config: SamplerConfig) -> Sampler {
     }
 }
 
-fn tracer_provider(config: &TelemetryConfig) -> Result<SdkTracerProvider, InitError> {
+fn tracer_provider(
+    config: &TelemetryConfig,
+    span_counter: SpanCounter,
+) -> Result<SdkTracerProvider, InitError> {
     let mut builder = SdkTracerProvider::builder()
         .with_resource(resource(config))
-        .with_sampler(sampler(config.sampler));
+        .with_sampler(sampler(config.sampler))
+        .with_span_processor(span_counter);
     for exporter in &config.exporters {
         builder = match exporter {
             // Console output is for a person watching: print each span as it ends.

@@ -22,6 +22,7 @@ mod config;
 mod guard;
 mod init;
 mod log_format;
+mod span_count;
 pub mod propagation;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
