@@ -88,14 +88,24 @@ impl Store {
             db.operation.name = operation,
             db.collection.name = "orders",
         );
+        self.run_quietly(move |connection| span.in_scope(|| query(connection)))
+            .await
+    }
+
+    /// Runs `query` on the blocking pool without a span. For background polls: a poll
+    /// every few seconds would put a one-span trace in Jaeger every few seconds; the work
+    /// a poll finds is traced instead.
+    async fn run_quietly<T, F>(&self, query: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
         let connection = Arc::clone(&self.connection);
         tokio::task::spawn_blocking(move || {
-            span.in_scope(|| {
-                let connection = connection
-                    .lock()
-                    .map_err(|_| StoreError::Task("database lock poisoned".into()))?;
-                query(&connection)
-            })
+            let connection = connection
+                .lock()
+                .map_err(|_| StoreError::Task("database lock poisoned".into()))?;
+            query(&connection)
         })
         .await
         .map_err(|e| StoreError::Task(e.to_string()))?
@@ -207,16 +217,8 @@ impl Store {
 
     /// For readiness: the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let connection = Arc::clone(&self.connection);
-        tokio::task::spawn_blocking(move || {
-            let connection = connection
-                .lock()
-                .map_err(|_| StoreError::Task("database lock poisoned".into()))?;
-            connection.query_row("SELECT 1", [], |_| Ok(()))?;
-            Ok(())
-        })
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))?
+        self.run_quietly(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
+            .await
     }
 }
 

@@ -22,8 +22,8 @@ mod config;
 mod guard;
 mod init;
 mod log_format;
-mod span_count;
 pub mod propagation;
+mod span_count;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

@@ -1,0 +1,619 @@
+//! End to end against the real Apache Kafka, OpenTelemetry Collector and Jaeger (the
+//! native stack of `scripts/stack`), with gateway, order-service and worker running as
+//! separate processes configured only through environment variables, as in containers.
+//!
+//! Proves through Jaeger's own API that every order makes one complete trace, and that
+//! no span is lost between the services and Jaeger. `scripts/test` starts the stack and
+//! runs this test; a plain `cargo test` skips it (it needs the stack).
+
+// Test-only crate: a panic is how a helper reports a failed set-up.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use support::jaeger::{StoredSpan, parse};
+use support::wait_for;
+
+const SEQUENTIAL_ORDERS: usize = 20;
+const BURST_ORDERS: usize = 200;
+const WAIT: Duration = Duration::from_secs(120);
+/// The exporter in otel-collector.yaml that sends to Jaeger.
+const JAEGER_EXPORTER: &str = r#"exporter="otlp_grpc/jaeger""#;
+
+/// Where the native stack listens; `scripts/test` exports these.
+struct StackEnv {
+    kafka: String,
+    collector_grpc: String,
+    collector_http: String,
+    collector_metrics: String,
+    jaeger: String,
+}
+
+impl StackEnv {
+    fn from_env() -> Self {
+        let port = |var: &str| {
+            std::env::var(var).unwrap_or_else(|_| {
+                panic!("{var} is not set: run this test through scripts/test, which starts the native stack")
+            })
+        };
+        Self {
+            kafka: format!("127.0.0.1:{}", port("STACK_KAFKA_PORT")),
+            collector_grpc: format!("http://127.0.0.1:{}", port("STACK_COLLECTOR_GRPC_PORT")),
+            collector_http: format!("http://127.0.0.1:{}", port("STACK_COLLECTOR_HTTP_PORT")),
+            collector_metrics: format!(
+                "http://127.0.0.1:{}/metrics",
+                port("STACK_COLLECTOR_METRICS_PORT")
+            ),
+            jaeger: format!("http://127.0.0.1:{}", port("STACK_JAEGER_QUERY_PORT")),
+        }
+    }
+}
+
+/// A service binary running as a child process, its stderr in a log file.
+struct ServiceProcess {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl ServiceProcess {
+    fn start(name: &'static str, dir: &Path, env: &[(&str, String)]) -> Self {
+        let bin_dir = std::env::var("SERVICE_BIN_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug"));
+        let log = dir.join(format!("{name}.log"));
+        let child = Command::new(bin_dir.join(name))
+            // Only what a container would get: the environment below.
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} from {}: {e}", bin_dir.display()));
+        Self { name, child, log }
+    }
+
+    /// SIGTERM, as `docker stop` sends; the service must exit 0 after flushing.
+    /// Returns the number of spans it recorded.
+    fn stop(mut self) -> u64 {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let exit = loop {
+            if let Some(exit) = self.child.try_wait().unwrap() {
+                break exit;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not stop after SIGTERM:\n{}",
+                self.name,
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(
+            exit.success(),
+            "{} exited with {exit}:\n{}",
+            self.name,
+            self.log_tail()
+        );
+        let log = std::fs::read_to_string(&self.log).unwrap();
+        let recorded = log
+            .lines()
+            .rev()
+            .find_map(|line| line.split("spans_recorded=").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok());
+        recorded.unwrap_or_else(|| {
+            panic!(
+                "{} did not report spans_recorded:\n{}",
+                self.name,
+                self.log_tail()
+            )
+        })
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+struct Order {
+    id: String,
+    trace_id: String,
+    /// The caller's span id, when the request carried a `traceparent`.
+    caller_span_id: Option<String>,
+}
+
+fn unique() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+async fn place_order(http: &reqwest::Client, gateway: &str, n: usize) -> Order {
+    let mut request = http.post(format!("{gateway}/api/orders")).json(&json!({
+        "customer_id": format!("customer-{n}"),
+        "items": [{"sku": format!("SKU-{}", n % 7), "quantity": 1 + (n % 3) as i64}],
+    }));
+    // A third continue a caller's trace, a third carry baggage, some both.
+    let mut caller_span_id = None;
+    let mut sent_trace_id = None;
+    if n % 3 == 0 || n % 5 == 0 {
+        let trace_id = format!("{:032x}", unique() ^ ((n as u128) << 64));
+        let span_id = format!("{:016x}", 0x1000 + n as u64);
+        request = request.header("traceparent", format!("00-{trace_id}-{span_id}-01"));
+        caller_span_id = Some(span_id);
+        sent_trace_id = Some(trace_id);
+    }
+    if n % 3 == 1 || n % 5 == 0 {
+        request = request.header("baggage", format!("tenant=acme,session=s{n}"));
+    }
+    let response = request.send().await.expect("gateway answers");
+    assert_eq!(response.status(), 201);
+    let body: Value = response.json().await.unwrap();
+    let trace_id = body["trace_id"].as_str().unwrap().to_owned();
+    if let Some(sent) = sent_trace_id {
+        assert_eq!(trace_id, sent, "the gateway continued the caller's trace");
+    }
+    Order {
+        id: body["order_id"].as_str().unwrap().to_owned(),
+        trace_id,
+        caller_span_id,
+    }
+}
+
+async fn wait_until_final(http: &reqwest::Client, gateway: &str, order: &Order) -> String {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let body: Value = http
+            .get(format!("{gateway}/api/orders/{}", order.id))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let status = body["status"].as_str().unwrap_or_default().to_owned();
+        if status != "PENDING" {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "order {} still PENDING",
+            order.id
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The spans every order's trace must hold: (service, name, kind) → count.
+fn expected_spans(topic: &str) -> BTreeMap<(String, String, String), usize> {
+    let rows = [
+        ("gateway", "POST /api/orders", "SERVER", 1),
+        ("gateway", "order.v1.OrderService/CreateOrder", "CLIENT", 1),
+        (
+            "order-service",
+            "order.v1.OrderService/CreateOrder",
+            "SERVER",
+            1,
+        ),
+        ("order-service", "INSERT orders", "CLIENT", 1),
+        ("order-service", &format!("send {topic}"), "PRODUCER", 1),
+        // Marking the event published, then recording the outcome.
+        ("order-service", "UPDATE orders", "CLIENT", 2),
+        ("worker", &format!("process {topic}"), "CONSUMER", 1),
+        ("worker", "reserve stock", "INTERNAL", 1),
+        ("worker", "charge payment", "INTERNAL", 1),
+        ("worker", "order.v1.OrderService/CompleteOrder", "CLIENT", 1),
+        (
+            "order-service",
+            "order.v1.OrderService/CompleteOrder",
+            "SERVER",
+            1,
+        ),
+    ];
+    rows.iter()
+        .map(|(s, n, k, c)| ((s.to_string(), n.to_string(), k.to_string()), *c))
+        .collect()
+}
+
+fn shape(spans: &[StoredSpan]) -> BTreeMap<(String, String, String), usize> {
+    let mut shape = BTreeMap::new();
+    for s in spans {
+        *shape
+            .entry((s.service.clone(), s.name.clone(), s.kind.clone()))
+            .or_default() += 1;
+    }
+    shape
+}
+
+fn find<'a>(spans: &'a [StoredSpan], service: &str, name: &str) -> &'a StoredSpan {
+    spans
+        .iter()
+        .find(|s| s.service == service && s.name == name)
+        .unwrap_or_else(|| panic!("no {service} span {name:?}"))
+}
+
+/// Everything one order's trace must show.
+fn check_trace(order: &Order, spans: &[StoredSpan], topic: &str) {
+    assert_eq!(
+        shape(spans),
+        expected_spans(topic),
+        "trace {} has the wrong spans",
+        order.trace_id
+    );
+    assert!(spans.iter().all(|s| s.trace_id == order.trace_id));
+    for span in spans {
+        assert!(
+            !span.is_error,
+            "unexpected error status on {} {}",
+            span.service, span.name
+        );
+    }
+
+    let http = find(spans, "gateway", "POST /api/orders");
+    match &order.caller_span_id {
+        Some(caller) => assert_eq!(&http.parent_span_id, caller, "continues the caller's span"),
+        None => assert!(
+            http.parent_span_id.is_empty(),
+            "the trace starts at the gateway"
+        ),
+    }
+    assert_eq!(http.attributes["http.response.status_code"], 201);
+    assert_eq!(http.attributes["http.route"], "/api/orders");
+
+    let chain = [
+        (
+            ("gateway", "order.v1.OrderService/CreateOrder"),
+            ("gateway", "POST /api/orders"),
+        ),
+        (
+            ("order-service", "order.v1.OrderService/CreateOrder"),
+            ("gateway", "order.v1.OrderService/CreateOrder"),
+        ),
+        (
+            ("order-service", &format!("send {topic}")),
+            ("order-service", "order.v1.OrderService/CreateOrder"),
+        ),
+        (
+            ("worker", &format!("process {topic}")),
+            ("order-service", &format!("send {topic}")),
+        ),
+        (
+            ("worker", "reserve stock"),
+            ("worker", &format!("process {topic}")),
+        ),
+        (
+            ("worker", "charge payment"),
+            ("worker", &format!("process {topic}")),
+        ),
+        (
+            ("worker", "order.v1.OrderService/CompleteOrder"),
+            ("worker", &format!("process {topic}")),
+        ),
+        (
+            ("order-service", "order.v1.OrderService/CompleteOrder"),
+            ("worker", "order.v1.OrderService/CompleteOrder"),
+        ),
+    ];
+    for ((child_service, child), (parent_service, parent)) in chain {
+        let child_span = find(spans, child_service, child);
+        let parent_span = find(spans, parent_service, parent);
+        assert_eq!(
+            child_span.parent_span_id, parent_span.span_id,
+            "{child_service} {child:?} should be a child of {parent_service} {parent:?} in trace {}",
+            order.trace_id
+        );
+    }
+    // Every span but the root hangs off another span of the trace: no break anywhere.
+    let ids: HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    for span in spans.iter().filter(|s| s.span_id != http.span_id) {
+        assert!(
+            ids.contains(span.parent_span_id.as_str()),
+            "{} {} has no parent in the trace",
+            span.service,
+            span.name
+        );
+    }
+
+    let producer = find(spans, "order-service", &format!("send {topic}"));
+    let consumer = find(spans, "worker", &format!("process {topic}"));
+    assert!(
+        consumer.linked_span_ids.contains(&producer.span_id),
+        "the consumer links to the producer"
+    );
+    assert_eq!(producer.attributes["messaging.system"], "kafka");
+    assert_eq!(consumer.attributes["messaging.destination.name"], topic);
+    assert_eq!(
+        consumer.attributes["messaging.kafka.message.key"],
+        order.id.as_str()
+    );
+    let grpc = find(spans, "order-service", "order.v1.OrderService/CreateOrder");
+    assert_eq!(grpc.attributes["rpc.system"], "grpc");
+    assert_eq!(grpc.attributes["rpc.grpc.status_code"], 0);
+}
+
+async fn fetch_trace(http: &reqwest::Client, jaeger: &str, trace_id: &str) -> Vec<StoredSpan> {
+    let response = http
+        .get(format!("{jaeger}/api/v3/traces/{trace_id}"))
+        .send()
+        .await
+        .unwrap();
+    if !response.status().is_success() {
+        return Vec::new();
+    }
+    parse(&response.json().await.unwrap())
+}
+
+/// Sums a counter from the Collector's Prometheus metrics over the label sets that
+/// contain `label` (`""` for all).
+fn metric_sum(metrics: &str, name: &str, label: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
+        .filter(|line| line.contains(label))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// `2026-11-24T09:30:00Z`, as Jaeger's search wants its time bounds.
+fn rfc3339(time: SystemTime) -> String {
+    let secs = time.duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[test]
+#[ignore = "needs the native stack: run scripts/test"]
+fn every_order_makes_one_complete_trace_in_jaeger_and_no_span_is_lost() {
+    let stack = StackEnv::from_env();
+    let dir = std::env::temp_dir().join(format!("real-stack-{}", unique()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // A topic and group of its own, so runs never see each other's events.
+    let run = unique() % 1_000_000_000;
+    let topic = format!("orders-e2e-{run}");
+    let ports = support::free_ports(3);
+    let (gateway_addr, orders_addr, worker_health) = (
+        format!("127.0.0.1:{}", ports[0]),
+        format!("127.0.0.1:{}", ports[1]),
+        format!("127.0.0.1:{}", ports[2]),
+    );
+
+    let telemetry = |protocol: &str, endpoint: &str| {
+        vec![
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.to_owned()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.to_owned()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200".to_owned()),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "deployment.environment.name=e2e".to_owned(),
+            ),
+        ]
+    };
+    // The order-service exports over OTLP/gRPC, the others over OTLP/HTTP: both paths
+    // into the real Collector are exercised.
+    let mut order_env = telemetry("grpc", &stack.collector_grpc);
+    order_env.extend([
+        ("LISTEN_ADDR", orders_addr.clone()),
+        ("DATABASE_PATH", dir.join("orders.db").display().to_string()),
+        ("KAFKA_BOOTSTRAP_SERVERS", stack.kafka.clone()),
+        ("KAFKA_TOPIC", topic.clone()),
+    ]);
+    let mut worker_env = telemetry("http/protobuf", &stack.collector_http);
+    worker_env.extend([
+        ("HEALTH_ADDR", worker_health.clone()),
+        ("KAFKA_BOOTSTRAP_SERVERS", stack.kafka.clone()),
+        ("KAFKA_TOPIC", topic.clone()),
+        ("KAFKA_GROUP_ID", format!("worker-e2e-{run}")),
+        ("ORDER_SERVICE_URL", format!("http://{orders_addr}")),
+    ]);
+    let mut gateway_env = telemetry("http/protobuf", &stack.collector_http);
+    gateway_env.extend([
+        ("LISTEN_ADDR", gateway_addr.clone()),
+        ("ORDER_SERVICE_URL", format!("http://{orders_addr}")),
+    ]);
+
+    let run_started = SystemTime::now();
+    let order_service = ServiceProcess::start("order-service", &dir, &order_env);
+    let worker = ServiceProcess::start("worker", &dir, &worker_env);
+    let gateway = ServiceProcess::start("gateway", &dir, &gateway_env);
+    let gateway_url = format!("http://{gateway_addr}");
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let ready = |url: String| {
+        let http = http.clone();
+        wait_for(
+            &format!("{url} to answer 200"),
+            Duration::from_secs(60),
+            || {
+                runtime
+                    .block_on(http.get(&url).send())
+                    .ok()
+                    .filter(|r| r.status() == 200)
+            },
+        )
+    };
+    ready(format!("{gateway_url}/health/ready"));
+    ready(format!("http://{worker_health}/health/ready"));
+
+    let orders: Vec<Order> = runtime.block_on(async {
+        let mut orders = Vec::new();
+        // One at a time, each to its final status...
+        for n in 0..SEQUENTIAL_ORDERS {
+            let order = place_order(&http, &gateway_url, n).await;
+            assert_eq!(
+                wait_until_final(&http, &gateway_url, &order).await,
+                "FULFILLED"
+            );
+            orders.push(order);
+        }
+        // ...then a burst, all at once.
+        let mut burst = tokio::task::JoinSet::new();
+        for n in SEQUENTIAL_ORDERS..SEQUENTIAL_ORDERS + BURST_ORDERS {
+            let (http, gateway_url) = (http.clone(), gateway_url.clone());
+            burst.spawn(async move { place_order(&http, &gateway_url, n).await });
+        }
+        let mut placed = Vec::new();
+        while let Some(order) = burst.join_next().await {
+            placed.push(order.unwrap());
+        }
+        for order in &placed {
+            assert_eq!(
+                wait_until_final(&http, &gateway_url, order).await,
+                "FULFILLED"
+            );
+        }
+        orders.extend(placed);
+        orders
+    });
+    assert_eq!(orders.len(), SEQUENTIAL_ORDERS + BURST_ORDERS);
+
+    // Graceful stop, intake first: every service flushes and reports what it recorded.
+    let recorded: u64 = [gateway, worker, order_service]
+        .into_iter()
+        .map(ServiceProcess::stop)
+        .sum();
+
+    // Every order: one complete trace, as Jaeger stored it.
+    let expected_per_trace: usize = expected_spans(&topic).values().sum();
+    let mut stored_for_orders = 0;
+    for order in &orders {
+        let spans = wait_for(&format!("trace {} in Jaeger", order.trace_id), WAIT, || {
+            let spans = runtime.block_on(fetch_trace(&http, &stack.jaeger, &order.trace_id));
+            (spans.len() >= expected_per_trace).then_some(spans)
+        });
+        check_trace(order, &spans, &topic);
+        stored_for_orders += spans.len();
+    }
+    assert_eq!(stored_for_orders, orders.len() * expected_per_trace);
+
+    // No span lost: everything the services recorded reached the Collector, left it, and
+    // is stored in Jaeger. Jaeger is searched by each service over the run's time window
+    // and the answers are merged by span id.
+    let window = format!(
+        "query.start_time_min={}&query.start_time_max={}&query.num_traces=100000",
+        rfc3339(run_started - Duration::from_secs(5)),
+        rfc3339(SystemTime::now() + Duration::from_secs(60))
+    );
+    let stored_spans = || {
+        let mut spans: HashMap<String, StoredSpan> = HashMap::new();
+        for service in ["gateway", "order-service", "worker"] {
+            let url = format!(
+                "{}/api/v3/traces?query.service_name={service}&{window}",
+                stack.jaeger
+            );
+            let answer: Value = runtime
+                .block_on(async { http.get(&url).send().await.unwrap().json().await.unwrap() });
+            for span in parse(&answer) {
+                spans.insert(span.span_id.clone(), span);
+            }
+        }
+        spans
+    };
+    let deadline = Instant::now() + WAIT;
+    let stored = loop {
+        let stored = stored_spans();
+        if stored.len() as u64 >= recorded || Instant::now() > deadline {
+            break stored;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let stored_in_run = stored.len() as u64;
+    if stored_in_run != recorded {
+        let mut by_trace: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for span in stored.values() {
+            by_trace
+                .entry(&span.trace_id)
+                .or_default()
+                .push(format!("{} {}", span.service, span.name));
+        }
+        let without_gateway: Vec<_> = by_trace
+            .iter()
+            .filter(|(_, spans)| !spans.iter().any(|s| s.starts_with("gateway ")))
+            .collect();
+        panic!(
+            "services recorded {recorded} spans, Jaeger stored {stored_in_run}; traces without a gateway span: {without_gateway:?}"
+        );
+    }
+    let collector = runtime.block_on(async {
+        http.get(&stack.collector_metrics)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    // Collector v0.165 names its counters without the `_total` suffix.
+    let accepted = metric_sum(&collector, "otelcol_receiver_accepted_spans", "");
+    let sent = metric_sum(&collector, "otelcol_exporter_sent_spans", JAEGER_EXPORTER);
+    println!(
+        "orders: {}; spans per order trace: {expected_per_trace}; recorded by the services: {recorded}; \
+         Collector accepted: {accepted}, sent: {sent}; stored in Jaeger: {stored_in_run}",
+        orders.len()
+    );
+    assert!(
+        accepted > 0.0,
+        "the Collector's span counters were not found:\n{collector}"
+    );
+    assert_eq!(
+        metric_sum(&collector, "otelcol_receiver_refused_spans", ""),
+        0.0,
+        "the Collector refused spans"
+    );
+    assert_eq!(
+        metric_sum(
+            &collector,
+            "otelcol_exporter_send_failed_spans",
+            JAEGER_EXPORTER
+        ),
+        0.0,
+        "the Collector failed to send spans to Jaeger"
+    );
+    assert_eq!(
+        accepted, recorded as f64,
+        "the Collector accepted every span the services recorded"
+    );
+    assert_eq!(
+        sent, accepted,
+        "the Collector sent on every span it accepted"
+    );
+    assert_eq!(
+        stored_in_run, recorded,
+        "Jaeger holds exactly the spans the services recorded"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
