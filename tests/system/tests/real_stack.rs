@@ -152,14 +152,14 @@ async fn place_order(http: &reqwest::Client, gateway: &str, n: usize) -> Order {
     // A third continue a caller's trace, a third carry baggage, some both.
     let mut caller_span_id = None;
     let mut sent_trace_id = None;
-    if n % 3 == 0 || n % 5 == 0 {
+    if n.is_multiple_of(3) || n.is_multiple_of(5) {
         let trace_id = format!("{:032x}", unique() ^ ((n as u128) << 64));
         let span_id = format!("{:016x}", 0x1000 + n as u64);
         request = request.header("traceparent", format!("00-{trace_id}-{span_id}-01"));
         caller_span_id = Some(span_id);
         sent_trace_id = Some(trace_id);
     }
-    if n % 3 == 1 || n % 5 == 0 {
+    if n % 3 == 1 || n.is_multiple_of(5) {
         request = request.header("baggage", format!("tenant=acme,session=s{n}"));
     }
     let response = request.send().await.expect("gateway answers");
