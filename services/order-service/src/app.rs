@@ -16,10 +16,12 @@ use crate::events::{self, EventPublisher, Republisher};
 use crate::health;
 use crate::orders::OrderApi;
 use crate::store::Store;
+use lifecycle::health::Readiness;
 
 #[derive(Debug)]
 pub struct Application {
     listener: TcpListener,
+    health_listener: TcpListener,
     config: Config,
     store: Store,
     publisher: EventPublisher,
@@ -37,8 +39,12 @@ impl Application {
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .with_context(|| format!("binding LISTEN_ADDR={}", config.listen_addr))?;
+        let health_listener = TcpListener::bind(config.health_addr)
+            .await
+            .with_context(|| format!("binding HEALTH_ADDR={}", config.health_addr))?;
         Ok(Self {
             listener,
+            health_listener,
             config,
             store,
             publisher,
@@ -49,13 +55,29 @@ impl Application {
         self.listener.local_addr()
     }
 
+    pub fn health_addr(&self) -> std::io::Result<SocketAddr> {
+        self.health_listener.local_addr()
+    }
+
     /// Serves until `shutdown` is cancelled, then lets in-flight calls finish, stops
     /// the background tasks and flushes the producer.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let tasks = TaskTracker::new();
         let (reporter, health_service) = tonic_health::server::health_reporter();
+        let readiness = Readiness::default();
+        let routes = lifecycle::health::routes(readiness.clone());
+        let stopped = shutdown.clone();
+        let health_listener = self.health_listener;
+        tasks.spawn(async move {
+            let server = axum::serve(health_listener, routes)
+                .with_graceful_shutdown(async move { stopped.cancelled().await });
+            if let Err(error) = server.await {
+                tracing::error!(%error, "health endpoint failed");
+            }
+        });
         tasks.spawn(health::watch_dependencies(
             reporter,
+            readiness,
             self.store.clone(),
             self.publisher.clone(),
             shutdown.clone(),

@@ -10,6 +10,9 @@ use lifecycle::env::{EnvError, Source, parse_or, string_or};
 pub struct Config {
     /// `LISTEN_ADDR`: where the gRPC server listens (default `0.0.0.0:50051`).
     pub listen_addr: SocketAddr,
+    /// `HEALTH_ADDR`: liveness/readiness over HTTP for container healthchecks (default
+    /// `0.0.0.0:8082`); gRPC clients use the standard gRPC health service instead.
+    pub health_addr: SocketAddr,
     /// `DATABASE_PATH`: the SQLite file (default `orders.db`).
     pub database_path: PathBuf,
     pub kafka: KafkaConfig,
@@ -32,6 +35,7 @@ impl Config {
     pub fn from_env(source: &impl Source) -> Result<Self, EnvError> {
         Ok(Self {
             listen_addr: parse_or(source, "LISTEN_ADDR", ([0, 0, 0, 0], 50051).into())?,
+            health_addr: parse_or(source, "HEALTH_ADDR", ([0, 0, 0, 0], 8082).into())?,
             database_path: string_or(source, "DATABASE_PATH", "orders.db").into(),
             kafka: KafkaConfig {
                 bootstrap_servers: string_or(source, "KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),

@@ -401,11 +401,12 @@ fn every_order_makes_one_complete_trace_in_jaeger_and_no_span_is_lost() {
     // A topic and group of its own, so runs never see each other's events.
     let run = unique() % 1_000_000_000;
     let topic = format!("orders-e2e-{run}");
-    let ports = support::free_ports(3);
-    let (gateway_addr, orders_addr, worker_health) = (
+    let ports = support::free_ports(4);
+    let (gateway_addr, orders_addr, worker_health, orders_health) = (
         format!("127.0.0.1:{}", ports[0]),
         format!("127.0.0.1:{}", ports[1]),
         format!("127.0.0.1:{}", ports[2]),
+        format!("127.0.0.1:{}", ports[3]),
     );
 
     let telemetry = |protocol: &str, endpoint: &str| {
@@ -424,6 +425,7 @@ fn every_order_makes_one_complete_trace_in_jaeger_and_no_span_is_lost() {
     let mut order_env = telemetry("grpc", &stack.collector_grpc);
     order_env.extend([
         ("LISTEN_ADDR", orders_addr.clone()),
+        ("HEALTH_ADDR", orders_health.clone()),
         ("DATABASE_PATH", dir.join("orders.db").display().to_string()),
         ("KAFKA_BOOTSTRAP_SERVERS", stack.kafka.clone()),
         ("KAFKA_TOPIC", topic.clone()),
@@ -466,6 +468,7 @@ fn every_order_makes_one_complete_trace_in_jaeger_and_no_span_is_lost() {
             },
         )
     };
+    ready(format!("http://{orders_health}/health/ready"));
     ready(format!("{gateway_url}/health/ready"));
     ready(format!("http://{worker_health}/health/ready"));
 

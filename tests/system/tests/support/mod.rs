@@ -61,6 +61,7 @@ impl Stack {
         let mut order_service = Service::new("order-service");
         let config = order_service::Config {
             listen_addr: "127.0.0.1:0".parse().unwrap(),
+            health_addr: "127.0.0.1:0".parse().unwrap(),
             database_path: data_dir.join("orders.db"),
             kafka: order_service::config::KafkaConfig {
                 bootstrap_servers: bootstrap.clone(),
