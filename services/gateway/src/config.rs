@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use lifecycle::env::{EnvError, Source, invalid, parse_or, string_or};
+use lifecycle::env::{EnvError, Source, invalid, parse_or, url_or};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -20,16 +20,7 @@ pub struct Config {
 
 impl Config {
     pub fn from_env(source: &impl Source) -> Result<Self, EnvError> {
-        let order_service_url = string_or(source, "ORDER_SERVICE_URL", "http://localhost:50051");
-        if tonic::transport::Endpoint::from_shared(order_service_url.clone()).is_err()
-            || !order_service_url.starts_with("http")
-        {
-            return Err(invalid(
-                "ORDER_SERVICE_URL",
-                &order_service_url,
-                "expected an http:// URL",
-            ));
-        }
+        let order_service_url = url_or(source, "ORDER_SERVICE_URL", "http://localhost:50051")?;
         let timeout_ms: u64 = parse_or(source, "ORDER_SERVICE_TIMEOUT_MS", 5000)?;
         if timeout_ms == 0 {
             return Err(invalid(
@@ -44,5 +35,27 @@ impl Config {
             order_service_timeout: Duration::from_millis(timeout_ms),
             max_body_bytes: parse_or(source, "MAX_BODY_BYTES", 16 * 1024)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BAD: &[(&str, &str)] = &[
+        ("LISTEN_ADDR", "8080"),
+        ("ORDER_SERVICE_URL", "order-service:50051"),
+        ("ORDER_SERVICE_TIMEOUT_MS", "0"),
+        ("MAX_BODY_BYTES", "big"),
+    ];
+
+    #[test]
+    fn defaults_need_no_variable_and_bad_values_name_theirs() {
+        assert!(Config::from_env(&|_: &str| None).is_ok());
+        for (key, value) in BAD {
+            let source = |k: &str| (k == *key).then(|| value.to_string());
+            let error = Config::from_env(&source).unwrap_err();
+            assert_eq!(error.variable, *key, "{key}={value}");
+        }
     }
 }

@@ -50,3 +50,25 @@ impl Config {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BAD: &[(&str, &str)] = &[
+        ("LISTEN_ADDR", ":50051"),
+        ("HEALTH_ADDR", "x"),
+        ("KAFKA_TOPIC_PARTITIONS", "three"),
+        ("REPUBLISH_INTERVAL_MS", "-5"),
+    ];
+
+    #[test]
+    fn defaults_need_no_variable_and_bad_values_name_theirs() {
+        assert!(Config::from_env(&|_: &str| None).is_ok());
+        for (key, value) in BAD {
+            let source = |k: &str| (k == *key).then(|| value.to_string());
+            let error = Config::from_env(&source).unwrap_err();
+            assert_eq!(error.variable, *key, "{key}={value}");
+        }
+    }
+}

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use lifecycle::env::{EnvError, Source, invalid, parse_or, string_or};
+use lifecycle::env::{EnvError, Source, parse_or, string_or, url_or};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -21,16 +21,7 @@ pub struct Config {
 
 impl Config {
     pub fn from_env(source: &impl Source) -> Result<Self, EnvError> {
-        let order_service_url = string_or(source, "ORDER_SERVICE_URL", "http://localhost:50051");
-        if tonic::transport::Endpoint::from_shared(order_service_url.clone()).is_err()
-            || !order_service_url.starts_with("http")
-        {
-            return Err(invalid(
-                "ORDER_SERVICE_URL",
-                &order_service_url,
-                "expected an http:// URL",
-            ));
-        }
+        let order_service_url = url_or(source, "ORDER_SERVICE_URL", "http://localhost:50051")?;
         Ok(Self {
             bootstrap_servers: string_or(source, "KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
             topic: string_or(source, "KAFKA_TOPIC", proto::events::ORDERS_TOPIC),
@@ -38,5 +29,25 @@ impl Config {
             order_service_url,
             health_addr: parse_or(source, "HEALTH_ADDR", ([0, 0, 0, 0], 8081).into())?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BAD: &[(&str, &str)] = &[
+        ("HEALTH_ADDR", "localhost"),
+        ("ORDER_SERVICE_URL", "grpc://x"),
+    ];
+
+    #[test]
+    fn defaults_need_no_variable_and_bad_values_name_theirs() {
+        assert!(Config::from_env(&|_: &str| None).is_ok());
+        for (key, value) in BAD {
+            let source = |k: &str| (k == *key).then(|| value.to_string());
+            let error = Config::from_env(&source).unwrap_err();
+            assert_eq!(error.variable, *key, "{key}={value}");
+        }
     }
 }

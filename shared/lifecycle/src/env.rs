@@ -57,6 +57,22 @@ pub fn string_or(source: &impl Source, key: &str, default: &str) -> String {
         .unwrap_or_else(|| default.to_owned())
 }
 
+/// An `http://` or `https://` URL with a host (a gRPC endpoint, for example), or
+/// `default` when unset or empty.
+pub fn url_or(source: &impl Source, key: &str, default: &str) -> Result<String, EnvError> {
+    let value = string_or(source, key, default);
+    let (scheme, rest) = value.split_once("://").unwrap_or(("", ""));
+    let host = rest.split(['/', ':']).next().unwrap_or_default();
+    if !matches!(scheme, "http" | "https") || host.is_empty() {
+        return Err(invalid(
+            key,
+            &value,
+            "expected an http:// or https:// URL with a host",
+        ));
+    }
+    Ok(value)
+}
+
 /// An error for a value that parsed but is not acceptable.
 pub fn invalid(key: &str, value: impl Display, reason: impl Into<String>) -> EnvError {
     EnvError {
@@ -87,5 +103,31 @@ mod tests {
         assert_eq!(err.variable, "BAD");
         assert!(err.to_string().starts_with("invalid BAD=\"nope\""));
         assert_eq!(string_or(&source, "UNSET", "x"), "x");
+    }
+
+    #[test]
+    fn urls_need_a_scheme_and_a_host() {
+        let source = |k: &str| match k {
+            "GOOD" => Some("http://order-service:50051".to_owned()),
+            "NO_SCHEME" => Some("order-service:50051".to_owned()),
+            "NO_HOST" => Some("http://:50051".to_owned()),
+            _ => None,
+        };
+        assert_eq!(
+            url_or(&source, "GOOD", "").unwrap(),
+            "http://order-service:50051"
+        );
+        assert_eq!(
+            url_or(&source, "UNSET", "http://localhost:1").unwrap(),
+            "http://localhost:1"
+        );
+        assert_eq!(
+            url_or(&source, "NO_SCHEME", "").unwrap_err().variable,
+            "NO_SCHEME"
+        );
+        assert_eq!(
+            url_or(&source, "NO_HOST", "").unwrap_err().variable,
+            "NO_HOST"
+        );
     }
 }
