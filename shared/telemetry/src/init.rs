@@ -9,7 +9,6 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::{KeyValue, global};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::resource::TelemetryResourceDetector;
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider,
@@ -21,6 +20,7 @@ use tracing_subscriber::{EnvFilter, Layer};
 use crate::config::{Exporter, OtlpProtocol, SamplerConfig, TelemetryConfig};
 use crate::guard::TelemetryGuard;
 use crate::log_format::LineWithTraceIds;
+use crate::propagation::w3c::{BaggagePropagator, TraceContextPropagator};
 use crate::span_count::SpanCounter;
 
 /// Spans from the libraries that carry the exporter's own traffic. Without this filter
@@ -82,11 +82,12 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, InitError> {
     Ok(TelemetryGuard::new(provider, span_counter))
 }
 
-/// W3C `traceparent`/`tracestate` plus W3C `baggage`.
+/// W3C `traceparent`/`tracestate` plus W3C `baggage`: this crate's strict implementations
+/// (see `propagation::w3c` for where the stock ones fall short).
 pub(crate) fn propagator() -> TextMapCompositePropagator {
     TextMapCompositePropagator::new(vec![
-        Box::new(TraceContextPropagator::new()),
-        Box::new(BaggagePropagator::new()),
+        Box::new(TraceContextPropagator::default()),
+        Box::new(BaggagePropagator::default()),
     ])
 }
 

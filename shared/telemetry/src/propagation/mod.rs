@@ -14,6 +14,7 @@ pub mod grpc;
 pub mod http;
 pub mod kafka;
 pub mod stored;
+pub mod w3c;
 
 use opentelemetry::Context;
 use opentelemetry::global;

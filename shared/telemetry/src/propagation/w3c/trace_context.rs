@@ -1,0 +1,438 @@
+//! W3C Trace Context Level 2: <https://www.w3.org/TR/trace-context-2/>.
+
+use opentelemetry::Context;
+use opentelemetry::propagation::text_map_propagator::FieldIter;
+use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
+use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
+
+use super::trim_ows;
+
+const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: &str = "tracestate";
+
+/// `traceparent` longer than this is ignored unread (version 00 is exactly 55 characters;
+/// later versions may append fields).
+const MAX_TRACEPARENT_LEN: usize = 512;
+/// `tracestate` (all headers together) longer than this is ignored unread: 32 members of
+/// at most 256 + 1 + 256 characters, plus separators.
+const MAX_TRACESTATE_LEN: usize = 32 * 514;
+const MAX_TRACESTATE_MEMBERS: usize = 32;
+/// The flags this version defines: `sampled` (0x01) and, in Level 2, `random` (0x02).
+/// Other bits are not propagated.
+const KNOWN_FLAGS: u8 = 0x03;
+
+#[derive(Debug)]
+pub struct TraceContextPropagator {
+    fields: [String; 2],
+}
+
+impl Default for TraceContextPropagator {
+    fn default() -> Self {
+        Self {
+            fields: [TRACEPARENT.to_owned(), TRACESTATE.to_owned()],
+        }
+    }
+}
+
+impl TextMapPropagator for TraceContextPropagator {
+    fn inject_context(&self, cx: &Context, injector: &mut dyn Injector) {
+        let span = cx.span();
+        let span_context = span.span_context();
+        if !span_context.is_valid() {
+            return;
+        }
+        injector.set(
+            TRACEPARENT,
+            format!(
+                "00-{}-{}-{:02x}",
+                span_context.trace_id(),
+                span_context.span_id(),
+                span_context.trace_flags().to_u8() & KNOWN_FLAGS
+            ),
+        );
+        let trace_state = span_context.trace_state().header();
+        if !trace_state.is_empty() {
+            injector.set(TRACESTATE, trace_state);
+        }
+    }
+
+    fn extract_with_context(&self, cx: &Context, extractor: &dyn Extractor) -> Context {
+        match extract_span_context(extractor) {
+            Some(span_context) => cx.with_remote_span_context(span_context),
+            None => cx.clone(),
+        }
+    }
+
+    fn fields(&self) -> FieldIter<'_> {
+        FieldIter::new(&self.fields)
+    }
+}
+
+fn extract_span_context(extractor: &dyn Extractor) -> Option<SpanContext> {
+    // A repeated `traceparent` is invalid: which one is the parent?
+    let traceparents = extractor.get_all(TRACEPARENT)?;
+    let [traceparent] = traceparents.as_slice() else {
+        return None;
+    };
+    let (trace_id, span_id, flags) = parse_traceparent(traceparent)?;
+    // Repeated `tracestate` headers are one list, in order.
+    let trace_state = extractor
+        .get_all(TRACESTATE)
+        .and_then(|values| parse_tracestate(&values))
+        .unwrap_or_default();
+    Some(SpanContext::new(
+        trace_id,
+        span_id,
+        flags,
+        true,
+        trace_state,
+    ))
+}
+
+/// Parses a `traceparent` value: `version-traceid-parentid-flags`, lowercase hex, exact
+/// lengths, no all-zero ids, version `ff` invalid; a version above 00 is read by its first
+/// four fields, which must then be followed by `-` or the end.
+pub fn parse_traceparent(value: &str) -> Option<(TraceId, SpanId, TraceFlags)> {
+    if value.len() > MAX_TRACEPARENT_LEN {
+        return None;
+    }
+    let value = trim_ows(value);
+    // ASCII only, so the byte offsets below are character boundaries.
+    if !value.is_ascii() || value.len() < 55 {
+        return None;
+    }
+    let bytes = value.as_bytes();
+    let version = lower_hex_u8(&value[0..2])?;
+    match version {
+        0xff => return None,
+        0x00 if value.len() != 55 => return None,
+        _ if value.len() > 55 && bytes[55] != b'-' => return None,
+        _ => {}
+    }
+    if bytes[2] != b'-' || bytes[35] != b'-' || bytes[52] != b'-' {
+        return None;
+    }
+    let trace_id = &value[3..35];
+    let span_id = &value[36..52];
+    if !is_lower_hex(trace_id) || !is_lower_hex(span_id) {
+        return None;
+    }
+    let trace_id = TraceId::from_hex(trace_id)
+        .ok()
+        .filter(|id| *id != TraceId::INVALID)?;
+    let span_id = SpanId::from_hex(span_id)
+        .ok()
+        .filter(|id| *id != SpanId::INVALID)?;
+    let flags = lower_hex_u8(&value[53..55])?;
+    Some((trace_id, span_id, TraceFlags::new(flags & KNOWN_FLAGS)))
+}
+
+/// Parses `tracestate` values (several headers are one list, in order). `None` when the
+/// list is invalid as a whole: a malformed member, a duplicated key, more than 32 members.
+/// Empty members (`a=1,,b=2`) are allowed and skipped.
+pub fn parse_tracestate(values: &[&str]) -> Option<TraceState> {
+    let total: usize = values.iter().map(|v| v.len() + 1).sum();
+    if total > MAX_TRACESTATE_LEN {
+        return None;
+    }
+    let mut members: Vec<(&str, &str)> = Vec::new();
+    for member in values.iter().flat_map(|v| v.split(',')) {
+        let member = trim_ows(member);
+        if member.is_empty() {
+            continue;
+        }
+        let (key, value) = member.split_once('=')?;
+        if !is_valid_key(key) || !is_valid_value(value) || members.iter().any(|(k, _)| *k == key) {
+            return None;
+        }
+        members.push((key, value));
+        if members.len() > MAX_TRACESTATE_MEMBERS {
+            return None;
+        }
+    }
+    // opentelemetry 0.33's `TraceState` is stricter than the spec in one place: it refuses
+    // a multi-tenant key whose system-id has 14 characters (the grammar allows 1 + 13).
+    // Such a member cannot be carried, so it alone is dropped and the list is kept.
+    let representable = members
+        .into_iter()
+        .filter(|member| TraceState::from_key_value([*member]).is_ok());
+    TraceState::from_key_value(representable).ok()
+}
+
+/// `simple-key = lcalpha 0*255(lcalpha / DIGIT / "_" / "-" / "*" / "/")`, or
+/// `tenant-id "@" system-id` with `tenant-id = (lcalpha / DIGIT) 0*240(...)` and
+/// `system-id = lcalpha 0*13(...)`.
+fn is_valid_key(key: &str) -> bool {
+    fn rest_ok(s: &str) -> bool {
+        s.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'*' | b'/')
+        })
+    }
+    match key.split_once('@') {
+        None => {
+            key.len() <= 256
+                && key.as_bytes().first().is_some_and(u8::is_ascii_lowercase)
+                && rest_ok(key)
+        }
+        Some((tenant, system)) => {
+            tenant.len() <= 241
+                && tenant
+                    .as_bytes()
+                    .first()
+                    .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                && rest_ok(tenant)
+                && system.len() <= 14
+                && system
+                    .as_bytes()
+                    .first()
+                    .is_some_and(u8::is_ascii_lowercase)
+                && rest_ok(system)
+        }
+    }
+}
+
+/// `value = 0*255(chr) nblk-chr`, `nblk-chr = %x21-2B / %x2D-3C / %x3E-7E`, `chr = %x20 / nblk-chr`.
+fn is_valid_value(value: &str) -> bool {
+    let nblk = |b: u8| matches!(b, 0x21..=0x2b | 0x2d..=0x3c | 0x3e..=0x7e);
+    !value.is_empty()
+        && value.len() <= 256
+        && value.bytes().all(|b| b == b' ' || nblk(b))
+        && value.bytes().last().is_some_and(nblk)
+}
+
+fn is_lower_hex(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn lower_hex_u8(s: &str) -> Option<u8> {
+    (s.len() == 2 && is_lower_hex(s)).then(|| u8::from_str_radix(s, 16).ok())?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const SPAN: &str = "00f067aa0ba902b7";
+
+    fn tp(version: &str, trace: &str, span: &str, flags: &str) -> String {
+        format!("{version}-{trace}-{span}-{flags}")
+    }
+
+    #[test]
+    fn traceparent_table() {
+        let valid = [
+            (tp("00", TRACE, SPAN, "01"), 0x01),
+            (tp("00", TRACE, SPAN, "00"), 0x00),
+            // Level 2: the random flag is kept with the sampled one.
+            (tp("00", TRACE, SPAN, "03"), 0x03),
+            (tp("00", TRACE, SPAN, "02"), 0x02),
+            // Unknown flags are not propagated.
+            (tp("00", TRACE, SPAN, "ff"), 0x03),
+            // Optional whitespace around the value.
+            (format!(" \t{} \t", tp("00", TRACE, SPAN, "01")), 0x01),
+            // A higher version is parsed by its first four fields.
+            (tp("01", TRACE, SPAN, "01"), 0x01),
+            (
+                format!("{}-what-the-future-brings", tp("cc", TRACE, SPAN, "01")),
+                0x01,
+            ),
+        ];
+        for (value, flags) in valid {
+            let (trace_id, span_id, parsed) =
+                parse_traceparent(&value).unwrap_or_else(|| panic!("{value:?} is valid"));
+            assert_eq!(trace_id.to_string(), TRACE, "{value:?}");
+            assert_eq!(span_id.to_string(), SPAN, "{value:?}");
+            assert_eq!(parsed.to_u8(), flags, "{value:?}");
+        }
+        let invalid = [
+            String::new(),
+            "   ".into(),
+            "garbage".into(),
+            tp("ff", TRACE, SPAN, "01"),
+            tp("000", TRACE, SPAN, "01"),
+            tp("0", TRACE, SPAN, "01"),
+            tp("0A", TRACE, SPAN, "01"),
+            tp("00", &TRACE.to_uppercase(), SPAN, "01"),
+            tp("00", TRACE, &SPAN.to_uppercase(), "01"),
+            tp("00", TRACE, SPAN, "0F"),
+            tp("00", TRACE, SPAN, "1"),
+            tp("00", TRACE, SPAN, "001"),
+            tp("00", &TRACE[1..], SPAN, "01"),
+            tp("00", &format!("{TRACE}0"), SPAN, "01"),
+            tp("00", TRACE, &SPAN[1..], "01"),
+            tp("00", TRACE, &format!("{SPAN}0"), "01"),
+            tp("00", "00000000000000000000000000000000", SPAN, "01"),
+            tp("00", TRACE, "0000000000000000", "01"),
+            tp("00", &TRACE.replace('a', "g"), SPAN, "01"),
+            // Version 00 has exactly four fields.
+            format!("{}-extra", tp("00", TRACE, SPAN, "01")),
+            // A higher version's extra data must start with a dash.
+            format!("{}extra", tp("01", TRACE, SPAN, "01")),
+            TRACE.replace('4', "é"),
+            format!("00_{TRACE}_{SPAN}_01"),
+            format!("00-{TRACE}-{SPAN}-01").replace('-', " "),
+            "x".repeat(MAX_TRACEPARENT_LEN + 1),
+        ];
+        for value in invalid {
+            assert_eq!(parse_traceparent(&value), None, "{value:?} is invalid");
+        }
+    }
+
+    #[test]
+    fn tracestate_table() {
+        let valid: [(&[&str], &str); 9] = [
+            (&["a=1"], "a=1"),
+            (&["a=1,b=2"], "a=1,b=2"),
+            // Several headers are one list, in order.
+            (&["a=1", "b=2,c=3"], "a=1,b=2,c=3"),
+            // Empty members and optional whitespace.
+            (&[" a=1 ,, \tb=2 "], "a=1,b=2"),
+            (&["tenant@system=x"], "tenant@system=x"),
+            (&["1tenant@sys=x"], "1tenant@sys=x"),
+            (&["a=with inner spaces"], "a=with inner spaces"),
+            (
+                &["k*/_-=~!\"#$%&'()*+-./:;<>?@[]^_`{|}"],
+                "k*/_-=~!\"#$%&'()*+-./:;<>?@[]^_`{|}",
+            ),
+            (&[""], ""),
+        ];
+        for (values, expected) in valid {
+            let state = parse_tracestate(values).unwrap_or_else(|| panic!("{values:?} is valid"));
+            assert_eq!(state.header(), expected, "{values:?}");
+        }
+        let long_key = format!("a{}", "b".repeat(256));
+        let long_value = format!("a={}", "v".repeat(257));
+        let long_tenant = format!("{}@sys=x", "t".repeat(242));
+        let long_system = format!("t@{}=x", "s".repeat(15));
+        let invalid: Vec<Vec<String>> = vec![
+            vec!["A=1".into()],
+            vec!["1a=1".into()],
+            vec!["a=1,a=2".into()],
+            vec!["a=1".into(), "a=2".into()],
+            vec!["a=b=c".into()],
+            vec!["a=".into()],
+            vec!["=1".into()],
+            vec!["novalue".into()],
+            vec!["a=x,y".into()],
+            vec!["a=tab\tinside".into()],
+            vec!["t@Sys=x".into()],
+            vec!["t@1s=x".into()],
+            vec![long_key],
+            vec![long_value],
+            vec![long_tenant],
+            vec![long_system],
+            vec!["x".repeat(MAX_TRACESTATE_LEN + 1)],
+        ];
+        for values in invalid {
+            let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+            assert!(parse_tracestate(&refs).is_none(), "{values:?} is invalid");
+        }
+    }
+
+    #[test]
+    fn a_member_the_sdk_cannot_hold_is_dropped_alone() {
+        let fourteen = "t@abcdefghijklmn=x";
+        assert!(is_valid_key("t@abcdefghijklmn"), "valid by the grammar");
+        let state = parse_tracestate(&[&format!("a=1,{fourteen},b=2")]).unwrap();
+        assert_eq!(state.header(), "a=1,b=2");
+        assert_eq!(
+            parse_tracestate(&["t@abcdefghijklm=x"]).unwrap().header(),
+            "t@abcdefghijklm=x"
+        );
+    }
+
+    #[test]
+    fn tracestate_allows_32_members_and_no_more() {
+        let members = |n: usize| {
+            (0..n)
+                .map(|i| format!("k{i}=v{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let thirty_two = members(32);
+        assert_eq!(
+            parse_tracestate(&[&thirty_two]).unwrap().header(),
+            thirty_two
+        );
+        assert!(parse_tracestate(&[&members(33)]).is_none());
+    }
+
+    fn extract(headers: &[(&str, &str)]) -> Option<SpanContext> {
+        // A carrier that can repeat keys.
+        #[derive(Debug)]
+        struct Multi(Vec<(String, String)>);
+        impl Extractor for Multi {
+            fn get(&self, key: &str) -> Option<&str> {
+                self.0
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .map(|(_, v)| v.as_str())
+            }
+            fn keys(&self) -> Vec<&str> {
+                self.0.iter().map(|(k, _)| k.as_str()).collect()
+            }
+            fn get_all(&self, key: &str) -> Option<Vec<&str>> {
+                let all: Vec<&str> = self
+                    .0
+                    .iter()
+                    .filter(|(k, _)| k == key)
+                    .map(|(_, v)| v.as_str())
+                    .collect();
+                (!all.is_empty()).then_some(all)
+            }
+        }
+        let carrier = Multi(
+            headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        let cx = TraceContextPropagator::default().extract(&carrier);
+        let span = cx.span();
+        let sc = span.span_context();
+        sc.is_valid().then(|| sc.clone())
+    }
+
+    #[test]
+    fn headers_combine_by_the_rules() {
+        let parent = tp("00", TRACE, SPAN, "01");
+        let sc = extract(&[
+            ("traceparent", &parent),
+            ("tracestate", "a=1"),
+            ("tracestate", "b=2"),
+        ])
+        .unwrap();
+        assert!(sc.is_remote());
+        assert_eq!(sc.trace_state().header(), "a=1,b=2");
+        // A duplicated traceparent is invalid, even when both copies agree.
+        assert!(extract(&[("traceparent", &parent), ("traceparent", &parent)]).is_none());
+        // An invalid traceparent takes its tracestate with it.
+        assert!(extract(&[("traceparent", "00-bad"), ("tracestate", "a=1")]).is_none());
+        // An invalid tracestate is dropped on its own.
+        let sc = extract(&[("traceparent", &parent), ("tracestate", "A=1")]).unwrap();
+        assert_eq!(sc.trace_state().header(), "");
+        assert!(extract(&[("tracestate", "a=1")]).is_none());
+    }
+
+    #[test]
+    fn inject_writes_version_00_and_the_trace_state() {
+        let sc = SpanContext::new(
+            TraceId::from_hex(TRACE).unwrap(),
+            SpanId::from_hex(SPAN).unwrap(),
+            TraceFlags::new(0x03),
+            true,
+            TraceState::from_key_value([("a", "1"), ("b", "2")]).unwrap(),
+        );
+        let mut headers = HashMap::new();
+        TraceContextPropagator::default()
+            .inject_context(&Context::new().with_remote_span_context(sc), &mut headers);
+        assert_eq!(headers["traceparent"], tp("00", TRACE, SPAN, "03"));
+        assert_eq!(headers["tracestate"], "a=1,b=2");
+        let mut nothing = HashMap::new();
+        TraceContextPropagator::default().inject_context(&Context::new(), &mut nothing);
+        assert!(nothing.is_empty(), "no context, no headers");
+    }
+}
