@@ -16,18 +16,27 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
 use crate::config::Config;
+use crate::conformance;
 use crate::orders::{self, OrderClient};
 
-/// The API routes, traced, plus the health routes, untraced.
-pub fn router(client: OrderClient, max_body_bytes: usize, readiness: Readiness) -> Router {
-    let api = Router::new()
+/// The API routes (and `/test` when enabled), traced, plus the health routes, untraced.
+pub fn router(client: OrderClient, config: &Config, readiness: Readiness) -> Router {
+    let mut api = Router::new()
         .route("/api/orders", post(orders::create))
         .route("/api/orders/{id}", get(orders::get))
-        .fallback(orders::unknown_route)
-        .layer(DefaultBodyLimit::max(max_body_bytes))
-        // Added with `Router::layer`, so it sees the matched route for the span name.
-        .layer(HttpServerLayer)
         .with_state(client);
+    if config.w3c_test_endpoint {
+        api = api.route(
+            "/test",
+            post(conformance::run).with_state(reqwest::Client::new()),
+        );
+    }
+    let api = api
+        .fallback(orders::unknown_route)
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        // Added with `Router::layer`, so it sees the matched route for the span name. It
+        // is also the trust boundary: continue or restart the caller's trace.
+        .layer(HttpServerLayer::new(config.inbound_trace_context));
     api.merge(health::routes(readiness))
 }
 
@@ -75,7 +84,12 @@ impl Application {
             shutdown.clone(),
         ));
         let client = OrderServiceClient::new(traced_channel(self.endpoint));
-        let app = router(client, self.config.max_body_bytes, readiness);
+        let app = router(client, &self.config, readiness);
+        if self.config.w3c_test_endpoint {
+            tracing::warn!(
+                "W3C_TEST_ENDPOINT is on: POST /test sends requests to any URL it is given"
+            );
+        }
         tracing::info!(addr = %self.listener.local_addr()?, "gateway listening");
         axum::serve(self.listener, app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })

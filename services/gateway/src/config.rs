@@ -3,7 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use lifecycle::env::{EnvError, Source, invalid, parse_or, url_or};
+use lifecycle::env::{EnvError, Source, invalid, parse_or, string_or, url_or};
+use telemetry::propagation::http::InboundContext;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -16,6 +17,12 @@ pub struct Config {
     pub order_service_timeout: Duration,
     /// `MAX_BODY_BYTES`: larger request bodies get a 413 (default 16384).
     pub max_body_bytes: usize,
+    /// `INBOUND_TRACE_CONTEXT`: `continue` a caller's trace (default), or `restart` it
+    /// here, keeping the caller's span as a link and dropping its tracestate and baggage.
+    pub inbound_trace_context: InboundContext,
+    /// `W3C_TEST_ENDPOINT`: `true` serves `POST /test` for the W3C Trace Context test
+    /// harness (default `false`; it makes the gateway POST to any URL it is given).
+    pub w3c_test_endpoint: bool,
 }
 
 impl Config {
@@ -34,6 +41,20 @@ impl Config {
             order_service_url,
             order_service_timeout: Duration::from_millis(timeout_ms),
             max_body_bytes: parse_or(source, "MAX_BODY_BYTES", 16 * 1024)?,
+            inbound_trace_context: match string_or(source, "INBOUND_TRACE_CONTEXT", "continue")
+                .as_str()
+            {
+                "continue" => InboundContext::Continue,
+                "restart" => InboundContext::Restart,
+                other => {
+                    return Err(invalid(
+                        "INBOUND_TRACE_CONTEXT",
+                        other,
+                        "expected continue or restart",
+                    ));
+                }
+            },
+            w3c_test_endpoint: parse_or(source, "W3C_TEST_ENDPOINT", false)?,
         })
     }
 }
@@ -47,6 +68,8 @@ mod tests {
         ("ORDER_SERVICE_URL", "order-service:50051"),
         ("ORDER_SERVICE_TIMEOUT_MS", "0"),
         ("MAX_BODY_BYTES", "big"),
+        ("INBOUND_TRACE_CONTEXT", "trust"),
+        ("W3C_TEST_ENDPOINT", "yes"),
     ];
 
     #[test]

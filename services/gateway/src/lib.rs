@@ -9,9 +9,11 @@
 //!
 //! - `config.rs`: settings. `app.rs`: router, build and run until shutdown.
 //! - `orders.rs`: the two endpoints. `error.rs`: JSON errors and status mapping.
+//! - `conformance.rs`: `POST /test` for the W3C Trace Context harness (opt-in).
 
 mod app;
 pub mod config;
+mod conformance;
 mod error;
 mod orders;
 

@@ -30,7 +30,11 @@ fn unreachable_client() -> gateway::OrderClient {
 }
 
 async fn call(request: Request<Body>) -> (StatusCode, Value, Option<String>) {
-    let app = router(unreachable_client(), MAX_BODY, Readiness::default());
+    let config = gateway::Config {
+        max_body_bytes: MAX_BODY,
+        ..gateway::Config::from_env(&|_: &str| None).unwrap()
+    };
+    let app = router(unreachable_client(), &config, Readiness::default());
     let response = app.oneshot(request).await.expect("infallible");
     let status = response.status();
     let traceresponse = response

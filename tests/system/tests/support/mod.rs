@@ -105,7 +105,7 @@ impl Stack {
             listen_addr: "127.0.0.1:0".parse().unwrap(),
             order_service_url: format!("http://{order_service_addr}"),
             order_service_timeout: Duration::from_secs(5),
-            max_body_bytes: 16 * 1024,
+            ..gateway::Config::from_env(&|_: &str| None).unwrap()
         };
         let app = gateway
             .runtime

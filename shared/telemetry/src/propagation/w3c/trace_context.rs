@@ -20,6 +20,17 @@ const MAX_TRACESTATE_MEMBERS: usize = 32;
 /// The flags this version defines: `sampled` (0x01) and, in Level 2, `random` (0x02).
 /// Other bits are not propagated.
 const KNOWN_FLAGS: u8 = 0x03;
+const SAMPLED: u8 = 0x01;
+const RANDOM: u8 = 0x02;
+
+/// The caller's flags, kept in the context beside its span context. The SDK makes the flags
+/// of every new span itself, and on a span it does not sample it clears them all, `random`
+/// included; every span's context inherits this value, so the injector can restore it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct InboundFlags {
+    trace_id: TraceId,
+    flags: TraceFlags,
+}
 
 #[derive(Debug)]
 pub struct TraceContextPropagator {
@@ -41,13 +52,23 @@ impl TextMapPropagator for TraceContextPropagator {
         if !span_context.is_valid() {
             return;
         }
+        let sampled = span_context.trace_flags().to_u8() & SAMPLED;
+        let flags = match cx.get::<InboundFlags>() {
+            // A trace that came in: its `random` bit as the caller sent it.
+            Some(inbound) if inbound.trace_id == span_context.trace_id() => {
+                sampled | (inbound.flags.to_u8() & RANDOM)
+            }
+            // A context handed over as it is: its flags as they are.
+            _ if span_context.is_remote() => span_context.trace_flags().to_u8() & KNOWN_FLAGS,
+            // A trace this process started: the SDK's id generator is random.
+            _ => sampled | RANDOM,
+        };
         injector.set(
             TRACEPARENT,
             format!(
-                "00-{}-{}-{:02x}",
+                "00-{}-{}-{flags:02x}",
                 span_context.trace_id(),
-                span_context.span_id(),
-                span_context.trace_flags().to_u8() & KNOWN_FLAGS
+                span_context.span_id()
             ),
         );
         let trace_state = span_context.trace_state().header();
@@ -58,7 +79,14 @@ impl TextMapPropagator for TraceContextPropagator {
 
     fn extract_with_context(&self, cx: &Context, extractor: &dyn Extractor) -> Context {
         match extract_span_context(extractor) {
-            Some(span_context) => cx.with_remote_span_context(span_context),
+            Some(span_context) => {
+                let inbound = InboundFlags {
+                    trace_id: span_context.trace_id(),
+                    flags: span_context.trace_flags(),
+                };
+                cx.with_remote_span_context(span_context)
+                    .with_value(inbound)
+            }
             None => cx.clone(),
         }
     }
@@ -434,5 +462,26 @@ mod tests {
         let mut nothing = HashMap::new();
         TraceContextPropagator::default().inject_context(&Context::new(), &mut nothing);
         assert!(nothing.is_empty(), "no context, no headers");
+    }
+
+    #[test]
+    fn the_random_flag_survives_spans_the_sdk_did_not_sample() {
+        let propagator = TraceContextPropagator::default();
+        let inbound = HashMap::from([("traceparent".to_owned(), tp("00", TRACE, SPAN, "02"))]);
+        let cx = propagator.extract(&inbound);
+        // What the SDK makes for an unsampled child: a new span id, all flags cleared.
+        let child = SpanContext::new(
+            TraceId::from_hex(TRACE).unwrap(),
+            SpanId::from_hex("1111111111111111").unwrap(),
+            TraceFlags::default(),
+            false,
+            TraceState::default(),
+        );
+        let mut out = HashMap::new();
+        propagator.inject_context(&cx.with_remote_span_context(child), &mut out);
+        assert_eq!(
+            out["traceparent"],
+            tp("00", TRACE, "1111111111111111", "02")
+        );
     }
 }
