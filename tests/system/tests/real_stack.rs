@@ -64,9 +64,15 @@ struct ServiceProcess {
 
 impl ServiceProcess {
     fn start(name: &'static str, dir: &Path, env: &[(&str, String)]) -> Self {
+        // The binaries `cargo build` made: SERVICE_BIN_DIR, else the target directory's debug/.
         let bin_dir = std::env::var("SERVICE_BIN_DIR")
             .map(PathBuf::from)
-            .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/debug"));
+            .unwrap_or_else(|_| {
+                std::env::var("CARGO_TARGET_DIR")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
+                    .join("debug")
+            });
         let log = dir.join(format!("{name}.log"));
         let child = Command::new(bin_dir.join(name))
             // Only what a container would get: the environment below.
