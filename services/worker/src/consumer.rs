@@ -64,7 +64,13 @@ pub async fn run(
             }
         };
         match handle(&message, &group_id, &reporter, &shutdown).await {
-            Handled::Done => consumer.store_offset_from_message(&message)?,
+            Handled::Done => {
+                // Fails when a rebalance took the partition away meanwhile: the new owner
+                // processes the record again (at least once), so this worker goes on.
+                if let Err(error) = consumer.store_offset_from_message(&message) {
+                    tracing::warn!(%error, partition = message.partition(), offset = message.offset(), "offset not stored");
+                }
+            }
             Handled::Interrupted => break,
         }
     }
