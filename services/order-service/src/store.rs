@@ -199,7 +199,8 @@ impl Store {
         min_age_ms: i64,
         limit: i64,
     ) -> Result<Vec<Unpublished>, StoreError> {
-        self.run("SELECT", move |c| {
+        // A background poll: untraced (see `run_quietly`).
+        self.run_quietly(move |c| {
             let mut statement = c.prepare(
                 "SELECT id, customer_id, items, status, failure_reason, trace_context FROM orders
                  WHERE event_published = 0 AND created_at_ms <= ?1 ORDER BY created_at_ms LIMIT ?2",
