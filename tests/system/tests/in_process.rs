@@ -200,6 +200,26 @@ fn one_order_makes_one_unbroken_trace_across_http_grpc_and_kafka() {
         }
     }
 
+    // Nothing any service recorded stands outside a trace that starts at the gateway: no
+    // background job (the republisher polls every 500 ms here) makes traces of its own.
+    let gateway_traces: std::collections::HashSet<TraceId> = stack
+        .gateway
+        .capture
+        .spans()
+        .iter()
+        .map(|s| s.span_context.trace_id())
+        .collect();
+    for service in [&stack.order_service, &stack.worker] {
+        for span in service.capture.spans() {
+            assert!(
+                gateway_traces.contains(&span.span_context.trace_id()),
+                "{} recorded {:?} outside any request's trace",
+                service.capture.name(),
+                span.name
+            );
+        }
+    }
+
     stack.stop();
 }
 
