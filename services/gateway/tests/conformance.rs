@@ -333,6 +333,12 @@ async fn tracestate_cases() {
         let member = format!("{key}={value}");
         assert_eq!(one(&ts(&[("tracestate", &member)])).await.1, member);
     }
+    // A 14-character system-id is valid (the SDK's TraceState cannot hold it; it is sent on anyway).
+    let long_vendor = "a=1,t@abcdefghijklmn=x,b=2";
+    assert_eq!(
+        one(&ts(&[("tracestate", long_vendor)])).await.1,
+        long_vendor
+    );
     // 32 members are kept, 33 discarded.
     let members = |n: usize| {
         (0..n)

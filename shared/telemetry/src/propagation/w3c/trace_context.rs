@@ -23,13 +23,18 @@ const KNOWN_FLAGS: u8 = 0x03;
 const SAMPLED: u8 = 0x01;
 const RANDOM: u8 = 0x02;
 
-/// The caller's flags, kept in the context beside its span context. The SDK makes the flags
-/// of every new span itself, and on a span it does not sample it clears them all, `random`
-/// included; every span's context inherits this value, so the injector can restore it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct InboundFlags {
+/// What the caller sent, kept in the context beside its span context; every span's context
+/// inherits it, so the injector can send on what the SDK cannot carry:
+/// - the flags: the SDK makes each new span's flags itself and, on a span it does not sample,
+///   clears them all, `random` included;
+/// - the `tracestate` list as validated: the SDK's `TraceState` refuses one key form the
+///   grammar allows (see [`parse_tracestate`]). This service adds no entry of its own, so
+///   the caller's list is exactly what goes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Inbound {
     trace_id: TraceId,
     flags: TraceFlags,
+    tracestate: String,
 }
 
 #[derive(Debug)]
@@ -53,11 +58,12 @@ impl TextMapPropagator for TraceContextPropagator {
             return;
         }
         let sampled = span_context.trace_flags().to_u8() & SAMPLED;
-        let flags = match cx.get::<InboundFlags>() {
+        let inbound = cx
+            .get::<Inbound>()
+            .filter(|i| i.trace_id == span_context.trace_id());
+        let flags = match inbound {
             // A trace that came in: its `random` bit as the caller sent it.
-            Some(inbound) if inbound.trace_id == span_context.trace_id() => {
-                sampled | (inbound.flags.to_u8() & RANDOM)
-            }
+            Some(inbound) => sampled | (inbound.flags.to_u8() & RANDOM),
             // A context handed over as it is: its flags as they are.
             _ if span_context.is_remote() => span_context.trace_flags().to_u8() & KNOWN_FLAGS,
             // A trace this process started: the SDK's id generator is random.
@@ -71,7 +77,10 @@ impl TextMapPropagator for TraceContextPropagator {
                 span_context.span_id()
             ),
         );
-        let trace_state = span_context.trace_state().header();
+        let trace_state = match inbound {
+            Some(inbound) => inbound.tracestate.clone(),
+            None => span_context.trace_state().header(),
+        };
         if !trace_state.is_empty() {
             injector.set(TRACESTATE, trace_state);
         }
@@ -79,10 +88,11 @@ impl TextMapPropagator for TraceContextPropagator {
 
     fn extract_with_context(&self, cx: &Context, extractor: &dyn Extractor) -> Context {
         match extract_span_context(extractor) {
-            Some(span_context) => {
-                let inbound = InboundFlags {
+            Some((span_context, tracestate)) => {
+                let inbound = Inbound {
                     trace_id: span_context.trace_id(),
                     flags: span_context.trace_flags(),
+                    tracestate,
                 };
                 cx.with_remote_span_context(span_context)
                     .with_value(inbound)
@@ -96,7 +106,8 @@ impl TextMapPropagator for TraceContextPropagator {
     }
 }
 
-fn extract_span_context(extractor: &dyn Extractor) -> Option<SpanContext> {
+/// The span context, and the `tracestate` list as validated (see [`Inbound`]).
+fn extract_span_context(extractor: &dyn Extractor) -> Option<(SpanContext, String)> {
     // A repeated `traceparent` is invalid: which one is the parent?
     let traceparents = extractor.get_all(TRACEPARENT)?;
     let [traceparent] = traceparents.as_slice() else {
@@ -104,16 +115,19 @@ fn extract_span_context(extractor: &dyn Extractor) -> Option<SpanContext> {
     };
     let (trace_id, span_id, flags) = parse_traceparent(traceparent)?;
     // Repeated `tracestate` headers are one list, in order.
-    let trace_state = extractor
+    let members = extractor
         .get_all(TRACESTATE)
-        .and_then(|values| parse_tracestate(&values))
+        .and_then(|values| tracestate_members(&values))
         .unwrap_or_default();
-    Some(SpanContext::new(
-        trace_id,
-        span_id,
-        flags,
-        true,
-        trace_state,
+    let header = members
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let trace_state = sdk_trace_state(members);
+    Some((
+        SpanContext::new(trace_id, span_id, flags, true, trace_state),
+        header,
     ))
 }
 
@@ -158,7 +172,23 @@ pub fn parse_traceparent(value: &str) -> Option<(TraceId, SpanId, TraceFlags)> {
 /// Parses `tracestate` values (several headers are one list, in order). `None` when the
 /// list is invalid as a whole: a malformed member, a duplicated key, more than 32 members.
 /// Empty members (`a=1,,b=2`) are allowed and skipped.
+///
+/// opentelemetry 0.33's `TraceState` is stricter than the spec in one place: it refuses a
+/// multi-tenant key whose system-id has 14 characters (the grammar allows 1 + 13). Such a
+/// member is left out of the returned `TraceState`; the propagator still sends it on, from
+/// the list it keeps beside the context.
 pub fn parse_tracestate(values: &[&str]) -> Option<TraceState> {
+    tracestate_members(values).map(sdk_trace_state)
+}
+
+fn sdk_trace_state(members: Vec<(&str, &str)>) -> TraceState {
+    let representable = members
+        .into_iter()
+        .filter(|member| TraceState::from_key_value([*member]).is_ok());
+    TraceState::from_key_value(representable).unwrap_or_default()
+}
+
+fn tracestate_members<'a>(values: &[&'a str]) -> Option<Vec<(&'a str, &'a str)>> {
     let total: usize = values.iter().map(|v| v.len() + 1).sum();
     if total > MAX_TRACESTATE_LEN {
         return None;
@@ -178,13 +208,7 @@ pub fn parse_tracestate(values: &[&str]) -> Option<TraceState> {
             return None;
         }
     }
-    // opentelemetry 0.33's `TraceState` is stricter than the spec in one place: it refuses
-    // a multi-tenant key whose system-id has 14 characters (the grammar allows 1 + 13).
-    // Such a member cannot be carried, so it alone is dropped and the list is kept.
-    let representable = members
-        .into_iter()
-        .filter(|member| TraceState::from_key_value([*member]).is_ok());
-    TraceState::from_key_value(representable).ok()
+    Some(members)
 }
 
 /// `simple-key = lcalpha 0*255(lcalpha / DIGIT / "_" / "-" / "*" / "/")`, or
@@ -361,15 +385,28 @@ mod tests {
     }
 
     #[test]
-    fn a_member_the_sdk_cannot_hold_is_dropped_alone() {
-        let fourteen = "t@abcdefghijklmn=x";
+    fn a_member_the_sdk_cannot_hold_is_still_sent_on() {
+        let list = "a=1,t@abcdefghijklmn=x,b=2";
         assert!(is_valid_key("t@abcdefghijklmn"), "valid by the grammar");
-        let state = parse_tracestate(&[&format!("a=1,{fourteen},b=2")]).unwrap();
-        assert_eq!(state.header(), "a=1,b=2");
-        assert_eq!(
-            parse_tracestate(&["t@abcdefghijklm=x"]).unwrap().header(),
-            "t@abcdefghijklm=x"
+        // The SDK's TraceState cannot hold the 14-character system-id...
+        assert_eq!(parse_tracestate(&[list]).unwrap().header(), "a=1,b=2");
+        // ...but the propagator forwards the whole list, to a child span of the same trace.
+        let propagator = TraceContextPropagator::default();
+        let inbound = HashMap::from([
+            ("traceparent".to_owned(), tp("00", TRACE, SPAN, "01")),
+            ("tracestate".to_owned(), list.to_owned()),
+        ]);
+        let cx = propagator.extract(&inbound);
+        let child = SpanContext::new(
+            TraceId::from_hex(TRACE).unwrap(),
+            SpanId::from_hex("1111111111111111").unwrap(),
+            TraceFlags::SAMPLED,
+            false,
+            cx.span().span_context().trace_state().clone(),
         );
+        let mut out = HashMap::new();
+        propagator.inject_context(&cx.with_remote_span_context(child), &mut out);
+        assert_eq!(out["tracestate"], list);
     }
 
     #[test]
