@@ -8,6 +8,9 @@
 
 use std::time::Duration;
 
+// OTEL_RESOURCE_ATTRIBUTES values use W3C Baggage's percent-encoding.
+use crate::propagation::w3c::percent_decode;
+
 /// Where finished spans go (`OTEL_TRACES_EXPORTER`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exporter {
@@ -356,27 +359,11 @@ fn parse_resource_attributes(raw: &str) -> Result<Vec<(String, String)>, ConfigE
             ));
         }
         let value = percent_decode(value.trim())
+            .map(|v| v.into_owned())
             .ok_or_else(|| ConfigError::new(VAR, raw, format!("{pair:?} has a bad %-escape")))?;
         attributes.push((key.to_owned(), value));
     }
     Ok(attributes)
-}
-
-fn percent_decode(value: &str) -> Option<String> {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = value.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]

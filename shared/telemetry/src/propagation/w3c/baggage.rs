@@ -126,7 +126,7 @@ fn is_baggage_octet(b: u8) -> bool {
 }
 
 /// `%XX` escapes to UTF-8 (invalid UTF-8 becomes U+FFFD); a malformed escape is `None`.
-fn percent_decode(value: &str) -> Option<Cow<'_, str>> {
+pub(crate) fn percent_decode(value: &str) -> Option<Cow<'_, str>> {
     if !value.contains('%') {
         return Some(Cow::Borrowed(value));
     }

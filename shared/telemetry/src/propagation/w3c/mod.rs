@@ -13,6 +13,7 @@
 mod baggage;
 mod trace_context;
 
+pub(crate) use baggage::percent_decode;
 pub use baggage::{BaggagePropagator, parse_baggage};
 pub use trace_context::{TraceContextPropagator, parse_traceparent, parse_tracestate};
 
