@@ -16,6 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 
 use crate::config::Config;
+
+/// The gRPC service the gateway needs, as the health service names it.
+const ORDER_SERVICE: &str = "order.v1.OrderService";
 use crate::conformance;
 use crate::orders::{self, OrderClient};
 
@@ -78,10 +81,13 @@ impl Application {
     /// Serves until `shutdown`; in-flight requests finish first.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let readiness = Readiness::default();
-        let watcher = tokio::spawn(watch_order_service(
+        // Ready while the order-service reports SERVING (over a channel without the
+        // tracing layer: health checks are not traced).
+        let channel = self.endpoint.connect_lazy();
+        let watcher = tokio::spawn(health::watch(
             readiness.clone(),
-            self.endpoint.connect_lazy(),
             shutdown.clone(),
+            move || health::grpc_serving(channel.clone(), ORDER_SERVICE),
         ));
         let client = OrderServiceClient::new(traced_channel(self.endpoint));
         let app = router(client, &self.config, readiness);
@@ -98,21 +104,5 @@ impl Application {
         let _ = watcher.await;
         tracing::info!("gateway stopped");
         Ok(())
-    }
-}
-
-/// Ready while the order-service reports SERVING.
-async fn watch_order_service(
-    readiness: Readiness,
-    channel: tonic::transport::Channel,
-    shutdown: CancellationToken,
-) {
-    let mut ticker = tokio::time::interval(Duration::from_secs(5));
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        readiness.set(health::grpc_serving(channel.clone(), "order.v1.OrderService").await);
     }
 }

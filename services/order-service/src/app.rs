@@ -65,16 +65,11 @@ impl Application {
         let tasks = TaskTracker::new();
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let readiness = Readiness::default();
-        let routes = lifecycle::health::routes(readiness.clone());
-        let stopped = shutdown.clone();
-        let health_listener = self.health_listener;
-        tasks.spawn(async move {
-            let server = axum::serve(health_listener, routes)
-                .with_graceful_shutdown(async move { stopped.cancelled().await });
-            if let Err(error) = server.await {
-                tracing::error!(%error, "health endpoint failed");
-            }
-        });
+        tasks.spawn(lifecycle::health::serve(
+            self.health_listener,
+            readiness.clone(),
+            shutdown.clone(),
+        ));
         tasks.spawn(health::watch_dependencies(
             reporter,
             readiness,

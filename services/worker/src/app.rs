@@ -55,15 +55,11 @@ impl Application {
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let readiness = Readiness::default();
         let tasks = TaskTracker::new();
-        let stopped = shutdown.clone();
-        let routes = health::routes(readiness.clone());
-        tasks.spawn(async move {
-            let server = axum::serve(self.health_listener, routes)
-                .with_graceful_shutdown(async move { stopped.cancelled().await });
-            if let Err(error) = server.await {
-                tracing::error!(%error, "health endpoint failed");
-            }
-        });
+        tasks.spawn(health::serve(
+            self.health_listener,
+            readiness.clone(),
+            shutdown.clone(),
+        ));
         tasks.spawn(watch_dependencies(
             readiness,
             Arc::clone(&self.consumer),
@@ -101,26 +97,21 @@ async fn watch_dependencies(
         return;
     };
     let channel = endpoint.connect_lazy();
-    let mut ticker = tokio::time::interval(Duration::from_secs(5));
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
+    health::watch(readiness, shutdown, || {
         let consumer = Arc::clone(&consumer);
         let topic = config.topic.clone();
-        let kafka = tokio::task::spawn_blocking(move || {
-            consumer
-                .fetch_metadata(Some(&topic), Duration::from_secs(2))
-                .map(|_| ())
-                .map_err(|e| format!("kafka: {e}"))
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("kafka check failed: {e}")));
-        let result = match kafka {
-            Ok(()) => health::grpc_serving(channel.clone(), "order.v1.OrderService").await,
-            Err(problem) => Err(problem),
-        };
-        readiness.set(result);
-    }
+        let channel = channel.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                consumer
+                    .fetch_metadata(Some(&topic), Duration::from_secs(2))
+                    .map(|_| ())
+                    .map_err(|e| format!("kafka: {e}"))
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("kafka check failed: {e}")))?;
+            health::grpc_serving(channel, "order.v1.OrderService").await
+        }
+    })
+    .await;
 }

@@ -12,6 +12,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -68,6 +69,39 @@ async fn ready(State(readiness): State<Readiness>) -> (StatusCode, Json<serde_js
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({ "status": "not_ready", "reason": problem })),
         ),
+    }
+}
+
+/// Serves [`routes`] on `listener` until `shutdown` is cancelled.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) {
+    let server = axum::serve(listener, routes(readiness))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await });
+    if let Err(error) = server.await {
+        tracing::error!(%error, "health endpoint failed");
+    }
+}
+
+/// How often [`watch`] checks the dependencies.
+pub const CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Runs `check` now and then every [`CHECK_INTERVAL`] until `shutdown`, recording each
+/// result in `readiness`.
+pub async fn watch<F, Fut>(readiness: Readiness, shutdown: CancellationToken, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let mut ticker = tokio::time::interval(CHECK_INTERVAL);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        readiness.set(check().await);
     }
 }
 
