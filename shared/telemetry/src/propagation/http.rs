@@ -95,6 +95,10 @@ where
                 }
             }
             InboundContext::Restart => {
+                // Explicitly a root: not even a context current on this thread is a parent.
+                if let Err(error) = span.set_parent(opentelemetry::Context::new()) {
+                    tracing::warn!(%error, "could not start a new trace");
+                }
                 let caller = remote.span().span_context().clone();
                 if caller.is_valid() {
                     span.add_link(caller);
