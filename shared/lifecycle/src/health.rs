@@ -28,19 +28,22 @@ impl Default for Readiness {
 }
 
 impl Readiness {
-    /// Records the result of a dependency check, logging only changes.
-    pub fn set(&self, result: Result<(), String>) {
+    /// Records the result of a dependency check, logging only changes. Returns whether
+    /// readiness changed, for anyone who reports it elsewhere too.
+    pub fn set(&self, result: Result<(), String>) -> bool {
         let problem = result.err();
         let Ok(mut current) = self.0.write() else {
-            return;
+            return false;
         };
-        if *current != problem {
-            match &problem {
-                None => tracing::info!("ready"),
-                Some(problem) => tracing::warn!(%problem, "not ready"),
-            }
-            *current = problem;
+        if *current == problem {
+            return false;
         }
+        match &problem {
+            None => tracing::info!("ready"),
+            Some(problem) => tracing::warn!(%problem, "not ready"),
+        }
+        *current = problem;
+        true
     }
 
     pub fn problem(&self) -> Option<String> {

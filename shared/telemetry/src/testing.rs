@@ -12,10 +12,8 @@ use tracing::Dispatch;
 use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
 
-use crate::config::{SamplerConfig, TelemetryConfig};
+use crate::config::TelemetryConfig;
 use crate::init::{otel_filter, propagator, resource, sampler};
-
-pub use opentelemetry_sdk::trace::InMemorySpanExporter as SpanCapture;
 
 /// Installs the same global propagator `init` does (idempotent).
 pub fn install_propagator() {
@@ -33,11 +31,8 @@ pub struct CapturedService {
 impl CapturedService {
     pub fn new(service_name: &str) -> Self {
         install_propagator();
+        // The defaults: parent-based always-on sampling, as a service has unless told otherwise.
         let config = TelemetryConfig::from_lookup(service_name, "test", |_| None)
-            .map(|mut c| {
-                c.sampler = SamplerConfig::ParentBasedAlwaysOn;
-                c
-            })
             .unwrap_or_else(|e| panic!("default telemetry config is invalid: {e}"));
         let exporter = InMemorySpanExporter::default();
         let provider = SdkTracerProvider::builder()
