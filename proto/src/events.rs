@@ -1,9 +1,10 @@
-//! The Kafka event published when an order is created (JSON, keyed by order id).
+//! The Kafka event published when an order is created: [`OrderCreated`], defined in
+//! `order/v1/events.proto` with the rest of the contract, carried as JSON.
 //!
 //! The trace context is not in the payload: it travels in the Kafka record headers,
 //! written and read by `telemetry::propagation::kafka`.
 
-use serde::{Deserialize, Serialize};
+use crate::order::v1::{Order, OrderCreated};
 
 /// Default name of the topic that carries [`OrderCreated`] events.
 pub const ORDERS_TOPIC: &str = "orders";
@@ -11,40 +12,32 @@ pub const ORDERS_TOPIC: &str = "orders";
 /// `type` of an [`OrderCreated`] event.
 pub const ORDER_CREATED: &str = "order.created";
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OrderCreated {
-    /// Always [`ORDER_CREATED`]; lets the topic carry other event types later.
-    #[serde(rename = "type")]
-    pub event_type: String,
-    pub order_id: String,
-    pub customer_id: String,
-    pub items: Vec<EventItem>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EventItem {
-    pub sku: String,
-    pub quantity: i64,
-}
+/// The major version this code writes and reads.
+pub const ORDER_CREATED_VERSION: u32 = 1;
 
 impl OrderCreated {
-    pub fn new(order_id: String, customer_id: String, items: Vec<EventItem>) -> Self {
+    /// The event for a stored order.
+    pub fn for_order(order: &Order) -> Self {
         Self {
-            event_type: ORDER_CREATED.to_owned(),
-            order_id,
-            customer_id,
-            items,
+            r#type: ORDER_CREATED.to_owned(),
+            version: ORDER_CREATED_VERSION,
+            order_id: order.order_id.clone(),
+            customer_id: order.customer_id.clone(),
+            items: order.items.clone(),
         }
     }
 
-    /// Parses and checks an event from a Kafka payload; any error means the message
-    /// is poison and must be set aside, not retried.
+    /// Parses and checks an event from a Kafka payload. Fields this version does not know
+    /// are ignored (a newer producer may add some); any error means the record can never
+    /// be handled by this reader and belongs in the dead-letter topic, not in a retry.
     pub fn from_payload(payload: &[u8]) -> Result<Self, EventError> {
         let event: Self = serde_json::from_slice(payload).map_err(EventError::Malformed)?;
-        if event.event_type != ORDER_CREATED {
-            return Err(EventError::UnknownType(event.event_type));
+        if event.r#type != ORDER_CREATED {
+            return Err(EventError::UnknownType(event.r#type));
+        }
+        // 0: written before the field existed, the same schema as version 1.
+        if !matches!(event.version, 0 | ORDER_CREATED_VERSION) {
+            return Err(EventError::UnknownVersion(event.version));
         }
         Ok(event)
     }
@@ -61,28 +54,51 @@ pub enum EventError {
     Malformed(#[source] serde_json::Error),
     #[error("unknown event type {0:?}")]
     UnknownType(String),
+    #[error(
+        "unknown major version {0} of the order event (this reader knows {ORDER_CREATED_VERSION})"
+    )]
+    UnknownVersion(u32),
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::order::v1::OrderItem;
 
-    #[test]
-    fn round_trips_through_json() {
-        let event = OrderCreated::new(
-            "o-1".into(),
-            "c-1".into(),
-            vec![EventItem {
+    fn event() -> OrderCreated {
+        OrderCreated::for_order(&Order {
+            order_id: "o-1".into(),
+            customer_id: "c-1".into(),
+            items: vec![OrderItem {
                 sku: "SKU-1".into(),
                 quantity: 2,
             }],
-        );
-        let parsed = OrderCreated::from_payload(&event.to_payload()).unwrap();
-        assert_eq!(parsed, event);
+            ..Order::default()
+        })
     }
 
     #[test]
-    fn rejects_garbage_and_unknown_types() {
+    fn round_trips_through_json() {
+        let event = event();
+        let payload = event.to_payload();
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&payload).unwrap()["type"],
+            "order.created"
+        );
+        assert_eq!(OrderCreated::from_payload(&payload).unwrap(), event);
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_and_a_missing_version_reads_as_the_first() {
+        let newer = br#"{"type":"order.created","version":1,"order_id":"o","customer_id":"c",
+            "items":[{"sku":"A","quantity":1,"gift_wrap":true}],"channel":"web"}"#;
+        assert_eq!(OrderCreated::from_payload(newer).unwrap().items[0].sku, "A");
+        let older = br#"{"type":"order.created","order_id":"o","customer_id":"c","items":[]}"#;
+        assert_eq!(OrderCreated::from_payload(older).unwrap().version, 0);
+    }
+
+    #[test]
+    fn rejects_garbage_unknown_types_and_unknown_major_versions() {
         assert!(matches!(
             OrderCreated::from_payload(b"not json"),
             Err(EventError::Malformed(_))
@@ -91,6 +107,12 @@ mod tests {
         assert!(matches!(
             OrderCreated::from_payload(other),
             Err(EventError::UnknownType(t)) if t == "order.deleted"
+        ));
+        let v2 =
+            br#"{"type":"order.created","version":2,"order_id":"o","customer_id":"c","items":[]}"#;
+        assert!(matches!(
+            OrderCreated::from_payload(v2),
+            Err(EventError::UnknownVersion(2))
         ));
     }
 }

@@ -1,6 +1,8 @@
 //! Rules for a new order. The gateway checks them to answer bad input at the edge;
 //! the order-service checks them again because it must not trust its callers.
 
+use crate::order::v1::OrderItem;
+
 /// Longest accepted customer id and SKU, in bytes.
 pub const MAX_ID_LEN: usize = 64;
 /// Most line items in one order.
@@ -22,25 +24,22 @@ pub enum ValidationError {
     Quantity(usize),
 }
 
-/// Checks a new order given as customer id and `(sku, quantity)` pairs.
-pub fn validate_new_order<'a>(
-    customer_id: &str,
-    items: impl ExactSizeIterator<Item = (&'a str, i64)>,
-) -> Result<(), ValidationError> {
+/// Checks a new order's customer id and items.
+pub fn validate_new_order(customer_id: &str, items: &[OrderItem]) -> Result<(), ValidationError> {
     if !is_identifier(customer_id) {
         return Err(ValidationError::CustomerId);
     }
-    if items.len() == 0 {
+    if items.is_empty() {
         return Err(ValidationError::NoItems);
     }
     if items.len() > MAX_ITEMS {
         return Err(ValidationError::TooManyItems);
     }
-    for (index, (sku, quantity)) in items.enumerate() {
-        if !is_identifier(sku) {
+    for (index, item) in items.iter().enumerate() {
+        if !is_identifier(&item.sku) {
             return Err(ValidationError::Sku(index));
         }
-        if !(1..=MAX_QUANTITY).contains(&quantity) {
+        if !(1..=MAX_QUANTITY).contains(&item.quantity) {
             return Err(ValidationError::Quantity(index));
         }
     }
@@ -60,7 +59,14 @@ mod tests {
     use super::*;
 
     fn check(customer: &str, items: &[(&str, i64)]) -> Result<(), ValidationError> {
-        validate_new_order(customer, items.iter().copied())
+        let items: Vec<OrderItem> = items
+            .iter()
+            .map(|(sku, quantity)| OrderItem {
+                sku: (*sku).to_owned(),
+                quantity: *quantity,
+            })
+            .collect();
+        validate_new_order(customer, &items)
     }
 
     #[test]

@@ -1,26 +1,21 @@
 //! Builds the gateway (router, gRPC client, listener) and serves until shutdown.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use lifecycle::health::{self, Readiness};
-use proto::order::v1::order_service_client::OrderServiceClient;
-use telemetry::propagation::grpc::traced_channel;
+use proto::client::{OrderClient, OrderServiceConnection};
+use proto::order::v1::SERVICE_NAME;
 use telemetry::propagation::http::HttpServerLayer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
 
 use crate::config::Config;
-
-/// The gRPC service the gateway needs, as the health service names it.
-const ORDER_SERVICE: &str = "order.v1.OrderService";
 use crate::conformance;
-use crate::orders::{self, OrderClient};
+use crate::orders;
 
 /// The API routes (and `/test` when enabled), traced, plus the health routes, untraced.
 pub fn router(client: OrderClient, config: &Config, readiness: Readiness) -> Router {
@@ -43,34 +38,24 @@ pub fn router(client: OrderClient, config: &Config, readiness: Readiness) -> Rou
     api.merge(health::routes(readiness))
 }
 
+#[derive(Debug)]
 pub struct Application {
     listener: TcpListener,
     config: Config,
-    endpoint: Endpoint,
-}
-
-impl std::fmt::Debug for Application {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Application")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
-    }
+    order_service: OrderServiceConnection,
 }
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let endpoint = Endpoint::from_shared(config.order_service_url.clone())
-            .with_context(|| format!("ORDER_SERVICE_URL={}", config.order_service_url))?
-            .connect_timeout(Duration::from_secs(1))
-            // Add a timeout so requests don't hang forever.
-            .timeout(config.order_service_timeout);
+        let order_service = proto::client::connect(&config.order_service)
+            .with_context(|| format!("ORDER_SERVICE_URL={}", config.order_service.url))?;
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .with_context(|| format!("binding LISTEN_ADDR={}", config.listen_addr))?;
         Ok(Self {
             listener,
             config,
-            endpoint,
+            order_service,
         })
     }
 
@@ -81,16 +66,15 @@ impl Application {
     /// Serves until `shutdown`; in-flight requests finish first.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let readiness = Readiness::default();
-        // Ready while the order-service reports SERVING (over a channel without the
-        // tracing layer: health checks are not traced).
-        let channel = self.endpoint.connect_lazy();
+        // Ready while the order-service reports SERVING.
+        let channel = self.order_service.health;
         let watcher = tokio::spawn(health::watch(
             readiness.clone(),
             shutdown.clone(),
-            move || health::grpc_serving(channel.clone(), ORDER_SERVICE),
+            move || health::grpc_serving(channel.clone(), SERVICE_NAME),
+            health::unreported,
         ));
-        let client = OrderServiceClient::new(traced_channel(self.endpoint));
-        let app = router(client, &self.config, readiness);
+        let app = router(self.order_service.client, &self.config, readiness);
         if self.config.w3c_test_endpoint {
             tracing::warn!(
                 "W3C_TEST_ENDPOINT is on: POST /test sends requests to any URL it is given"

@@ -1,20 +1,18 @@
 //! Settings from the environment (defaults fit `docker compose up` and local runs).
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
-use lifecycle::env::{EnvError, Source, invalid, parse_or, string_or, url_or};
+use proto::client::ClientConfig;
+use settings::{SettingError, Source, parse_or};
 use telemetry::propagation::http::InboundContext;
 
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `LISTEN_ADDR`: the HTTP API (default `0.0.0.0:8080`).
     pub listen_addr: SocketAddr,
-    /// `ORDER_SERVICE_URL` (default `http://localhost:50051`).
-    pub order_service_url: String,
-    /// `ORDER_SERVICE_TIMEOUT_MS`: the longest a call to the order-service may take;
-    /// past it the client gets a 504 (default 5000).
-    pub order_service_timeout: Duration,
+    /// `ORDER_SERVICE_*`: where the order-service is and how long a call may take; past
+    /// `ORDER_SERVICE_TIMEOUT_MS` the client gets a 504.
+    pub order_service: ClientConfig,
     /// `MAX_BODY_BYTES`: larger request bodies get a 413 (default 16384).
     pub max_body_bytes: usize,
     /// `INBOUND_TRACE_CONTEXT`: `continue` a caller's trace (default), or `restart` it
@@ -26,34 +24,16 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn from_env(source: &impl Source) -> Result<Self, EnvError> {
-        let order_service_url = url_or(source, "ORDER_SERVICE_URL", "http://localhost:50051")?;
-        let timeout_ms: u64 = parse_or(source, "ORDER_SERVICE_TIMEOUT_MS", 5000)?;
-        if timeout_ms == 0 {
-            return Err(invalid(
-                "ORDER_SERVICE_TIMEOUT_MS",
-                timeout_ms,
-                "must be positive",
-            ));
-        }
+    pub fn from_env(source: &impl Source) -> Result<Self, SettingError> {
         Ok(Self {
             listen_addr: parse_or(source, "LISTEN_ADDR", ([0, 0, 0, 0], 8080).into())?,
-            order_service_url,
-            order_service_timeout: Duration::from_millis(timeout_ms),
+            order_service: ClientConfig::from_source(source)?,
             max_body_bytes: parse_or(source, "MAX_BODY_BYTES", 16 * 1024)?,
-            inbound_trace_context: match string_or(source, "INBOUND_TRACE_CONTEXT", "continue")
-                .as_str()
-            {
-                "continue" => InboundContext::Continue,
-                "restart" => InboundContext::Restart,
-                other => {
-                    return Err(invalid(
-                        "INBOUND_TRACE_CONTEXT",
-                        other,
-                        "expected continue or restart",
-                    ));
-                }
-            },
+            inbound_trace_context: parse_or(
+                source,
+                "INBOUND_TRACE_CONTEXT",
+                InboundContext::Continue,
+            )?,
             w3c_test_endpoint: parse_or(source, "W3C_TEST_ENDPOINT", false)?,
         })
     }

@@ -14,6 +14,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// What went wrong behind a 5xx, for the log only: never sent to the client.
+    cause: Option<String>,
 }
 
 impl ApiError {
@@ -22,7 +24,13 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            cause: None,
         }
+    }
+
+    fn caused_by(mut self, status: tonic::Status) -> Self {
+        self.cause = Some(format!("{:?}: {}", status.code(), status.message()));
+        self
     }
 
     pub fn validation(error: proto::validation::ValidationError) -> Self {
@@ -65,7 +73,8 @@ impl From<JsonRejection> for ApiError {
 }
 
 /// gRPC status from the order-service to HTTP: the caller's fault stays 4xx, the
-/// backend's trouble becomes 502/503/504 with a generic message.
+/// backend's trouble becomes 502/503/504 with a generic message (its details are on the
+/// gRPC client span, and logged when the response is made).
 impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
         let (http, code, message) = match status.code() {
@@ -105,15 +114,21 @@ impl From<tonic::Status> for ApiError {
                 "the order service failed".to_owned(),
             ),
         };
-        if http.is_server_error() {
-            tracing::error!(code = ?status.code(), message = status.message(), "order-service call failed");
-        }
-        Self::new(http, code, message)
+        Self::new(http, code, message).caused_by(status)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // A 4xx is the caller's mistake and is not logged; a 5xx is ours to look into.
+        if self.status.is_server_error() {
+            tracing::error!(
+                status = self.status.as_u16(),
+                code = self.code,
+                cause = self.cause.as_deref(),
+                "request failed"
+            );
+        }
         let body = json!({
             "error": { "code": self.code, "message": self.message },
             "trace_id": telemetry::current_trace_id(),

@@ -19,4 +19,3 @@ mod orders;
 
 pub use app::{Application, router};
 pub use config::Config;
-pub use orders::OrderClient;

@@ -19,7 +19,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let config = Config::from_env(&lifecycle::env::ProcessEnv).context("reading settings")?;
+    let config = Config::from_env(&settings::ProcessEnv).context("reading settings")?;
     let shutdown = lifecycle::shutdown::on_signal();
     Application::build(config)
         .await?

@@ -7,30 +7,20 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use proto::order::v1::order_service_client::OrderServiceClient;
+use proto::client::OrderClient;
 use proto::order::v1::{CreateOrderRequest, GetOrderRequest, OrderItem, OrderStatus};
 use proto::validation::validate_new_order;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
-use telemetry::propagation::grpc::GrpcClientService;
-use tonic::transport::Channel;
 
 use crate::error::ApiError;
 
-pub type OrderClient = OrderServiceClient<GrpcClientService<Channel>>;
-
+/// The body of `POST /api/orders`; the items are the contract's own type.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewOrder {
     pub customer_id: String,
-    pub items: Vec<Item>,
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Item {
-    pub sku: String,
-    pub quantity: i64,
+    pub items: Vec<OrderItem>,
 }
 
 pub async fn create(
@@ -38,22 +28,11 @@ pub async fn create(
     body: Result<Json<NewOrder>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Json(order) = body?;
-    validate_new_order(
-        &order.customer_id,
-        order.items.iter().map(|i| (i.sku.as_str(), i.quantity)),
-    )
-    .map_err(ApiError::validation)?;
+    validate_new_order(&order.customer_id, &order.items).map_err(ApiError::validation)?;
 
     let request = CreateOrderRequest {
         customer_id: order.customer_id,
-        items: order
-            .items
-            .into_iter()
-            .map(|i| OrderItem {
-                sku: i.sku,
-                quantity: i.quantity,
-            })
-            .collect(),
+        items: order.items,
     };
     let created = client.clone().create_order(request).await?.into_inner();
     let location = format!("/api/orders/{}", created.order_id);
@@ -85,7 +64,7 @@ pub async fn get(
     Ok(Json(json!({
         "order_id": order.order_id,
         "customer_id": order.customer_id,
-        "items": order.items.iter().map(|i| Item { sku: i.sku.clone(), quantity: i.quantity }).collect::<Vec<_>>(),
+        "items": order.items,
         "status": status_name(order.status()),
         "failure_reason": failure_reason,
         "trace_id": telemetry::current_trace_id(),

@@ -13,20 +13,21 @@ use axum::http::{Request, StatusCode, header};
 use gateway::router;
 use lifecycle::health::Readiness;
 use opentelemetry::trace::SpanKind;
-use proto::order::v1::order_service_client::OrderServiceClient;
+use proto::client::{ClientConfig, OrderClient};
 use serde_json::{Value, json};
-use telemetry::propagation::grpc::traced_channel;
 use telemetry::testing::CapturedService;
 use tower::ServiceExt;
 
 const MAX_BODY: usize = 1024;
 
 /// Port 1 on loopback: nothing listens there, so calls fail fast with UNAVAILABLE.
-fn unreachable_client() -> gateway::OrderClient {
-    let endpoint = tonic::transport::Endpoint::from_static("http://127.0.0.1:1")
-        .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(2));
-    OrderServiceClient::new(traced_channel(endpoint))
+fn unreachable_client() -> OrderClient {
+    let config = ClientConfig {
+        connect_timeout: Duration::from_millis(500),
+        request_timeout: Duration::from_secs(2),
+        ..ClientConfig::for_url("http://127.0.0.1:1")
+    };
+    proto::client::connect(&config).unwrap().client
 }
 
 async fn call(request: Request<Body>) -> (StatusCode, Value, Option<String>) {

@@ -12,9 +12,10 @@ use tokio_util::task::TaskTracker;
 use tonic::transport::server::TcpIncoming;
 
 use crate::config::Config;
-use crate::events::{self, EventPublisher, Republisher};
+use crate::events::{self, EventPublisher};
 use crate::health;
 use crate::orders::OrderApi;
+use crate::outbox::{Outbox, Relay};
 use crate::store::Store;
 use lifecycle::health::Readiness;
 
@@ -32,7 +33,7 @@ impl Application {
         let store = Store::open(&config.database_path)
             .with_context(|| format!("opening database {}", config.database_path.display()))?;
         let publisher = EventPublisher::new(&config.kafka).context("creating Kafka producer")?;
-        // Not fatal: Kafka may come up later. Events wait in the database meanwhile.
+        // Not fatal: Kafka may come up later. Events wait in the outbox meanwhile.
         if let Err(error) = events::ensure_topic(&config.kafka).await {
             tracing::warn!(%error, topic = %config.kafka.topic, "could not ensure the topic exists");
         }
@@ -59,8 +60,8 @@ impl Application {
         self.health_listener.local_addr()
     }
 
-    /// Serves until `shutdown` is cancelled, then lets in-flight calls finish, stops
-    /// the background tasks and flushes the producer.
+    /// Serves until `shutdown` is cancelled, then lets in-flight calls finish, lets the
+    /// relay send what was committed, and flushes the producer.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let tasks = TaskTracker::new();
         let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -77,18 +78,20 @@ impl Application {
             self.publisher.clone(),
             shutdown.clone(),
         ));
+        let outbox = Outbox::default();
         tasks.spawn(
-            Republisher {
-                store: self.store.clone(),
-                publisher: self.publisher.clone(),
-                interval: self.config.republish_interval,
-            }
+            Relay::new(
+                outbox.clone(),
+                self.store.clone(),
+                self.publisher.clone(),
+                self.config.outbox.clone(),
+            )
             .run(shutdown.clone()),
         );
         tasks.close();
 
         tracing::info!(addr = %self.listener.local_addr()?, "order-service listening");
-        let api = OrderApi::new(self.store.clone(), self.publisher.clone());
+        let api = OrderApi::new(self.store.clone(), outbox);
         tonic::transport::Server::builder()
             // Extracts `traceparent` from the metadata and makes the SERVER span.
             .layer(GrpcServerLayer)

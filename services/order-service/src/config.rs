@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use lifecycle::env::{EnvError, Source, parse_or, string_or};
+use settings::{SettingError, Source, millis_or, parse_or, string_or};
+
+use crate::outbox::RelaySettings;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -16,9 +18,8 @@ pub struct Config {
     /// `DATABASE_PATH`: the SQLite file (default `orders.db`).
     pub database_path: PathBuf,
     pub kafka: KafkaConfig,
-    /// `REPUBLISH_INTERVAL_MS`: how often events that could not be published are
-    /// retried (default 5000).
-    pub republish_interval: Duration,
+    /// `OUTBOX_*`: how the outbox relay paces itself.
+    pub outbox: RelaySettings,
 }
 
 #[derive(Debug, Clone)]
@@ -32,7 +33,7 @@ pub struct KafkaConfig {
 }
 
 impl Config {
-    pub fn from_env(source: &impl Source) -> Result<Self, EnvError> {
+    pub fn from_env(source: &impl Source) -> Result<Self, SettingError> {
         Ok(Self {
             listen_addr: parse_or(source, "LISTEN_ADDR", ([0, 0, 0, 0], 50051).into())?,
             health_addr: parse_or(source, "HEALTH_ADDR", ([0, 0, 0, 0], 8082).into())?,
@@ -42,11 +43,19 @@ impl Config {
                 topic: string_or(source, "KAFKA_TOPIC", proto::events::ORDERS_TOPIC),
                 topic_partitions: parse_or(source, "KAFKA_TOPIC_PARTITIONS", 3)?,
             },
-            republish_interval: Duration::from_millis(parse_or(
-                source,
-                "REPUBLISH_INTERVAL_MS",
-                5000,
-            )?),
+            outbox: RelaySettings {
+                poll_interval: millis_or(
+                    source,
+                    "OUTBOX_POLL_INTERVAL_MS",
+                    Duration::from_secs(1),
+                )?,
+                reconcile_after: millis_or(
+                    source,
+                    "OUTBOX_RECONCILE_AFTER_MS",
+                    Duration::from_secs(60),
+                )?,
+                max_republish: parse_or(source, "OUTBOX_MAX_REPUBLISH", 3)?,
+            },
         })
     }
 }
@@ -59,7 +68,9 @@ mod tests {
         ("LISTEN_ADDR", ":50051"),
         ("HEALTH_ADDR", "x"),
         ("KAFKA_TOPIC_PARTITIONS", "three"),
-        ("REPUBLISH_INTERVAL_MS", "-5"),
+        ("OUTBOX_POLL_INTERVAL_MS", "-5"),
+        ("OUTBOX_RECONCILE_AFTER_MS", "0"),
+        ("OUTBOX_MAX_REPUBLISH", "many"),
     ];
 
     #[test]

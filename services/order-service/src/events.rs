@@ -1,13 +1,9 @@
-//! Publishing `order.created` events to Kafka.
-//!
-//! The order is committed to SQLite first; then the event is sent. If Kafka is down, the
-//! order stays marked unpublished and [`Republisher`] sends it later, inside the trace of
-//! the request that created it (restored from the row). Nothing is lost, and consumers
-//! may see an event twice, which the worker tolerates.
+//! The Kafka side of the order-service: the producer, the topic, and publishing one
+//! outbox entry as a record inside its PRODUCER span. What to publish and when is the
+//! outbox's business (`outbox.rs`).
 
 use std::time::Duration;
 
-use proto::events::{EventItem, OrderCreated};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -15,27 +11,33 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
-use telemetry::propagation::{kafka, stored};
-use tokio_util::sync::CancellationToken;
+use telemetry::propagation::kafka::{self, KafkaClient};
+use telemetry::propagation::stored;
 use tracing::Instrument;
 
 use crate::config::KafkaConfig;
-use crate::store::{Order, Store};
+use crate::outbox::Pending;
 
-/// How long one send may wait for the broker's acknowledgement.
+/// How long one send may wait for the broker's acknowledgement. A send that times out
+/// stays in the outbox and goes again.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `client.id`, and `messaging.client.id` on the spans.
+const CLIENT_ID: &str = "order-service";
 
 #[derive(Clone)]
 pub struct EventPublisher {
     producer: FutureProducer,
     topic: String,
+    kafka: KafkaClient,
 }
 
+// By hand: rdkafka's producer has no `Debug`.
 impl std::fmt::Debug for EventPublisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EventPublisher")
             .field("topic", &self.topic)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
@@ -43,6 +45,7 @@ impl EventPublisher {
     pub fn new(config: &KafkaConfig) -> Result<Self, KafkaError> {
         let producer = ClientConfig::new()
             .set("bootstrap.servers", &config.bootstrap_servers)
+            .set("client.id", CLIENT_ID)
             // No duplicates from the producer's own retries; implies acks=all.
             .set("enable.idempotence", "true")
             .set("message.timeout.ms", SEND_TIMEOUT.as_millis().to_string())
@@ -50,35 +53,20 @@ impl EventPublisher {
         Ok(Self {
             producer,
             topic: config.topic.clone(),
+            kafka: KafkaClient::new(CLIENT_ID, &config.bootstrap_servers),
         })
     }
 
-    /// Sends the event for `order` inside a PRODUCER span, a child of the current span
-    /// (the CreateOrder server span). The span ends when the broker has the record.
-    pub async fn publish(&self, order: &Order) -> Result<(), KafkaError> {
-        let span = kafka::producer_span(&self.topic, &order.id);
-        self.send(order, span).await
-    }
-
-    /// Like [`EventPublisher::publish`], for an order stored earlier: the PRODUCER span
-    /// continues the trace saved with the order.
-    pub async fn publish_stored(
-        &self,
-        order: &Order,
-        trace_context: &str,
-    ) -> Result<(), KafkaError> {
-        let span = kafka::producer_span(&self.topic, &order.id);
-        stored::restore_parent(&span, trace_context);
-        self.send(order, span).await
-    }
-
-    async fn send(&self, order: &Order, span: tracing::Span) -> Result<(), KafkaError> {
-        let payload = event_for(order).to_payload();
+    /// Sends one outbox entry in a PRODUCER span whose parent is the context stored with
+    /// it (the CreateOrder request's). The span ends when the broker has the record.
+    pub async fn publish(&self, entry: &Pending) -> Result<(), KafkaError> {
+        let span = self.kafka.producer_span(&self.topic, &entry.order_id);
+        stored::restore_parent(&span, &entry.trace_context);
         // `traceparent` in the record headers is what lets the worker join this trace.
         let headers = kafka::inject_headers(&span, OwnedHeaders::new());
         let record = FutureRecord::to(&self.topic)
-            .key(&order.id)
-            .payload(&payload)
+            .key(&entry.order_id)
+            .payload(&entry.payload)
             .headers(headers);
         match self
             .producer
@@ -91,7 +79,7 @@ impl EventPublisher {
                 Ok(())
             }
             Err((error, _record)) => {
-                kafka::record_failure(&span, "kafka", &error.to_string());
+                kafka::record_send_failure(&span, &error);
                 Err(error)
             }
         }
@@ -115,21 +103,6 @@ impl EventPublisher {
     pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.producer.flush(Timeout::After(timeout))
     }
-}
-
-fn event_for(order: &Order) -> OrderCreated {
-    OrderCreated::new(
-        order.id.clone(),
-        order.customer_id.clone(),
-        order
-            .items
-            .iter()
-            .map(|(sku, quantity)| EventItem {
-                sku: sku.clone(),
-                quantity: *quantity,
-            })
-            .collect(),
-    )
 }
 
 /// Creates the topic if it does not exist; safe to run at every start.
@@ -172,57 +145,4 @@ pub async fn ensure_topic(config: &KafkaConfig) -> Result<(), KafkaError> {
         }
     }
     Ok(())
-}
-
-/// Sends the events that could not be sent when their order was created.
-#[derive(Debug)]
-pub struct Republisher {
-    pub store: Store,
-    pub publisher: EventPublisher,
-    pub interval: Duration,
-}
-
-impl Republisher {
-    /// Orders younger than this are left to the request that is still publishing them.
-    const MIN_AGE_MS: i64 = 2_000;
-    const BATCH: i64 = 100;
-
-    pub async fn run(self, shutdown: CancellationToken) {
-        let mut ticker = tokio::time::interval(self.interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = ticker.tick() => self.republish_once().await,
-            }
-        }
-    }
-
-    async fn republish_once(&self) {
-        let pending = match self.store.unpublished(Self::MIN_AGE_MS, Self::BATCH).await {
-            Ok(pending) => pending,
-            Err(error) => {
-                tracing::warn!(error = %error, "cannot read unpublished orders");
-                return;
-            }
-        };
-        for entry in pending {
-            match self
-                .publisher
-                .publish_stored(&entry.order, &entry.trace_context)
-                .await
-            {
-                Ok(()) => {
-                    if let Err(error) = self.store.mark_published(entry.order.id.clone()).await {
-                        tracing::warn!(order_id = %entry.order.id, %error, "published, but not marked");
-                    }
-                    tracing::info!(order_id = %entry.order.id, "republished order event");
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "Kafka still unavailable; will retry");
-                    return;
-                }
-            }
-        }
-    }
 }

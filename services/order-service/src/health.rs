@@ -1,16 +1,18 @@
 //! Readiness, reported two ways: the standard gRPC health service (for gRPC clients such
-//! as the gateway) and HTTP `/health/ready` (for container healthchecks). SERVING only
-//! while both the database and Kafka answer; checked periodically, off the request path.
+//! as the gateway) and HTTP `/health/ready` (for container healthchecks).
+//!
+//! Ready means "can take new work": the database answers. Kafka is not needed for that:
+//! the outbox keeps events while Kafka is away, so its state is reported as detail only,
+//! and an orchestrator does not pull the service out during the very outage the outbox
+//! exists for.
 
-use lifecycle::health::{CHECK_INTERVAL, Readiness};
-use proto::order::v1::order_service_server::OrderServiceServer;
+use lifecycle::health::{self, Readiness};
+use proto::order::v1::SERVICE_NAME;
 use tokio_util::sync::CancellationToken;
-use tonic::server::NamedService;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::events::EventPublisher;
-use crate::orders::OrderApi;
 use crate::store::Store;
 
 pub async fn watch_dependencies(
@@ -20,39 +22,32 @@ pub async fn watch_dependencies(
     publisher: EventPublisher,
     shutdown: CancellationToken,
 ) {
-    let mut ticker = tokio::time::interval(CHECK_INTERVAL);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => {
-                // Tell load balancers to stop sending work while in-flight calls finish.
-                readiness.set(Err("shutting down".to_owned()));
-                report(&reporter, false).await;
-                return;
-            }
-            _ = ticker.tick() => {}
+    let detail = readiness.clone();
+    let check = || {
+        let store = store.clone();
+        let publisher = publisher.clone();
+        let detail = detail.clone();
+        async move {
+            detail.set_detail(match publisher.check_connection().await {
+                Ok(()) => None,
+                Err(error) => Some(format!("kafka: {error}; new events wait in the outbox")),
+            });
+            store.ping().await.map_err(|e| format!("database: {e}"))
         }
-        let result = match (store.ping().await, publisher.check_connection().await) {
-            (Ok(()), Ok(())) => Ok(()),
-            (Err(e), _) => Err(format!("database: {e}")),
-            (_, Err(e)) => Err(format!("kafka: {e}")),
-        };
-        let serving = result.is_ok();
-        // gRPC health watchers are told of changes only.
-        if readiness.set(result) {
-            report(&reporter, serving).await;
-        }
-    }
-}
-
-/// The order service's status and the server's overall status (`""`) move together.
-async fn report(reporter: &HealthReporter, serving: bool) {
-    let status = if serving {
-        ServingStatus::Serving
-    } else {
-        ServingStatus::NotServing
     };
-    reporter
-        .set_service_status(<OrderServiceServer<OrderApi> as NamedService>::NAME, status)
-        .await;
-    reporter.set_service_status("", status).await;
+    // gRPC health watchers are told of changes only. The order service's status and the
+    // server's overall status (`""`) move together.
+    let report = |serving: bool| {
+        let reporter = reporter.clone();
+        async move {
+            let status = if serving {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            reporter.set_service_status(SERVICE_NAME, status).await;
+            reporter.set_service_status("", status).await;
+        }
+    };
+    health::watch(readiness, shutdown, check, report).await;
 }

@@ -3,20 +3,24 @@
 //!
 //! Its hops in the trace: a SERVER span for each gRPC call (from the gateway's
 //! CreateOrder/GetOrder and the worker's CompleteOrder), database CLIENT spans inside
-//! it, and a PRODUCER span `send orders` whose context the worker continues.
+//! it, and a PRODUCER span `send orders`, sent by the outbox relay in the request's
+//! trace, whose context the worker continues.
 //!
 //! # Layout
 //!
 //! - `config.rs`: settings from the environment.
 //! - `app.rs`: build (bind, open, connect) and run until shutdown.
-//! - `orders.rs`: the gRPC API. `store.rs`: SQLite. `events.rs`: Kafka publishing.
-//! - `health.rs`: readiness over the gRPC health service.
+//! - `orders.rs`: the gRPC API. `store.rs`: SQLite.
+//! - `outbox.rs`: the transactional outbox: entry, relay, marking, reconciliation.
+//! - `events.rs`: the Kafka producer and topic.
+//! - `health.rs`: readiness over the gRPC health service and HTTP.
 
 mod app;
 pub mod config;
 mod events;
 mod health;
 mod orders;
+pub mod outbox;
 mod store;
 
 pub use app::Application;

@@ -5,74 +5,55 @@
 use proto::order::v1::order_service_server::OrderService;
 use proto::order::v1::{
     CompleteOrderRequest, CreateOrderRequest, CreateOrderResponse, GetOrderRequest, Order,
-    OrderItem, OrderStatus,
+    OrderStatus,
 };
 use proto::validation::validate_new_order;
-use telemetry::propagation::stored;
 use tonic::{Request, Response, Status};
 
-use crate::events::EventPublisher;
-use crate::store::{self, Store, StoreError};
+use crate::outbox::{NewEntry, Outbox};
+use crate::store::{Store, StoreError};
 
 #[derive(Debug, Clone)]
 pub struct OrderApi {
     store: Store,
-    publisher: EventPublisher,
+    outbox: Outbox,
 }
 
 impl OrderApi {
-    pub fn new(store: Store, publisher: EventPublisher) -> Self {
-        Self { store, publisher }
+    pub fn new(store: Store, outbox: Outbox) -> Self {
+        Self { store, outbox }
     }
 }
 
 #[tonic::async_trait]
 impl OrderService for OrderApi {
+    /// Answers as soon as the order and its event are committed together: Kafka is not on
+    /// the request's path, so an outage there neither slows nor fails an order.
     async fn create_order(
         &self,
         request: Request<CreateOrderRequest>,
     ) -> Result<Response<CreateOrderResponse>, Status> {
         let request = request.into_inner();
         // Checked again here: the order-service does not trust its callers.
-        validate_new_order(
-            &request.customer_id,
-            request.items.iter().map(|i| (i.sku.as_str(), i.quantity)),
-        )
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        validate_new_order(&request.customer_id, &request.items)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
 
-        let order = store::Order {
-            id: uuid::Uuid::new_v4().to_string(),
+        let mut order = Order {
+            order_id: uuid::Uuid::new_v4().to_string(),
             customer_id: request.customer_id,
-            items: request
-                .items
-                .into_iter()
-                .map(|i| (i.sku, i.quantity))
-                .collect(),
-            status: OrderStatus::Pending,
-            failure_reason: None,
+            items: request.items,
+            ..Order::default()
         };
-        // The row keeps this request's trace context for a later republish.
-        let trace_context = stored::capture(&tracing::Span::current());
+        order.set_status(OrderStatus::Pending);
+        let event = NewEntry::capture(&order);
         self.store
-            .insert(order.clone(), trace_context)
+            .create(order.clone(), event)
             .await
             .map_err(storage_error)?;
-
-        // The order is safe in the database; if Kafka is down now, the republisher
-        // sends the event later, so the caller still gets its order id.
-        match self.publisher.publish(&order).await {
-            Ok(()) => {
-                if let Err(error) = self.store.mark_published(order.id.clone()).await {
-                    tracing::warn!(order_id = %order.id, %error, "event sent but not marked; it may be sent twice");
-                }
-            }
-            Err(error) => {
-                tracing::warn!(order_id = %order.id, %error, "event not published yet; will retry");
-            }
-        }
-        tracing::info!(order_id = %order.id, "order created");
+        self.outbox.wake();
+        tracing::info!(order_id = %order.order_id, "order created");
         Ok(Response::new(CreateOrderResponse {
-            order_id: order.id,
+            order_id: order.order_id,
             status: OrderStatus::Pending.into(),
         }))
     }
@@ -83,7 +64,7 @@ impl OrderService for OrderApi {
     ) -> Result<Response<Order>, Status> {
         let id = parse_order_id(&request.get_ref().order_id)?;
         let order = self.store.get(id).await.map_err(storage_error)?;
-        Ok(Response::new(to_proto(order)))
+        Ok(Response::new(order))
     }
 
     async fn complete_order(
@@ -113,8 +94,8 @@ impl OrderService for OrderApi {
             .complete(id, status, reason)
             .await
             .map_err(storage_error)?;
-        tracing::info!(order_id = %order.id, status = order.status.as_str_name(), "order completed");
-        Ok(Response::new(to_proto(order)))
+        tracing::info!(order_id = %order.order_id, status = order.status().as_str_name(), "order completed");
+        Ok(Response::new(order))
     }
 }
 
@@ -135,19 +116,5 @@ fn storage_error(error: StoreError) -> Status {
             tracing::error!(error = %error, source = ?std::error::Error::source(&error), "storage failure");
             Status::unavailable("order storage is unavailable")
         }
-    }
-}
-
-fn to_proto(order: store::Order) -> Order {
-    Order {
-        order_id: order.id,
-        customer_id: order.customer_id,
-        items: order
-            .items
-            .into_iter()
-            .map(|(sku, quantity)| OrderItem { sku, quantity })
-            .collect(),
-        status: order.status.into(),
-        failure_reason: order.failure_reason.unwrap_or_default(),
     }
 }

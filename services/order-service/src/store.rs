@@ -1,39 +1,27 @@
-//! Orders in SQLite. Each order row also remembers whether its event reached Kafka and
-//! the trace context it was created in, so that nothing is lost when Kafka is down
-//! (see `events.rs`).
+//! Orders in SQLite, and the one transaction that stores a new order together with its
+//! outbox entry (see `outbox.rs`), so an order is never stored without its event.
 //!
-//! rusqlite is blocking, so every query runs on tokio's blocking pool. The span is handed
-//! over explicitly: a `spawn_blocking` closure does not inherit the caller's span, and
-//! without `in_scope` the database spans would float outside the trace.
+//! rusqlite is blocking, so every query runs on tokio's blocking pool. Each query's
+//! CLIENT span is made on the async side, where the caller's span is current, so its
+//! parent is already fixed; the closure then enters it on the blocking thread
+//! (`in_scope`), which is what puts the events logged during the query inside it (with its
+//! trace id) and lets a failed query mark it.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use proto::order::v1::OrderStatus;
+use proto::order::v1::{Order, OrderItem, OrderStatus};
 use rusqlite::{Connection, OptionalExtension, params};
+use telemetry::span::{db_client, mark_error};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Order {
-    pub id: String,
-    pub customer_id: String,
-    pub items: Vec<(String, i64)>,
-    pub status: OrderStatus,
-    pub failure_reason: Option<String>,
-}
-
-/// An order whose event has not reached Kafka yet, with its stored trace context.
-#[derive(Debug, Clone)]
-pub struct Unpublished {
-    pub order: Order,
-    pub trace_context: String,
-}
+use crate::outbox::{self, NewEntry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("order {0} not found")]
     NotFound(String),
-    #[error("order {id} is already {current:?}")]
+    #[error("order {id} is already {}", current.as_str_name())]
     Conflict { id: String, current: OrderStatus },
     #[error("database error")]
     Database(#[from] rusqlite::Error),
@@ -50,14 +38,11 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS orders (
     id              TEXT PRIMARY KEY,
     customer_id     TEXT NOT NULL,
-    items           TEXT NOT NULL,   -- JSON [[sku, quantity], ...]
+    items           TEXT NOT NULL,   -- JSON [{\"sku\", \"quantity\"}, ...]
     status          TEXT NOT NULL,
     failure_reason  TEXT,
-    created_at_ms   INTEGER NOT NULL,
-    event_published INTEGER NOT NULL DEFAULT 0,
-    trace_context   TEXT NOT NULL DEFAULT ''
+    created_at_ms   INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS orders_unpublished ON orders (created_at_ms) WHERE event_published = 0;
 ";
 
 impl Store {
@@ -69,33 +54,46 @@ impl Store {
         connection.pragma_update(None, "synchronous", "FULL")?;
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
         connection.execute_batch(SCHEMA)?;
+        connection.execute_batch(outbox::SCHEMA)?;
         Ok(Self {
             connection: Arc::new(Mutex::new(connection)),
         })
     }
 
-    /// Runs `query` on the blocking pool inside a database CLIENT span, child of the caller's span.
-    async fn run<T, F>(&self, operation: &'static str, query: F) -> Result<T, StoreError>
+    /// Runs `query` on the blocking pool inside a database CLIENT span
+    /// (`{operation} {table}`), a child of the caller's span. A failed query marks it.
+    pub(crate) async fn run<T, F>(
+        &self,
+        operation: &'static str,
+        table: &'static str,
+        query: F,
+    ) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let span = tracing::info_span!(
-            "db query",
-            otel.name = format!("{operation} orders").as_str(),
-            otel.kind = "client",
-            db.system.name = "sqlite",
-            db.operation.name = operation,
-            db.collection.name = "orders",
-        );
-        self.run_quietly(move |connection| span.in_scope(|| query(connection)))
-            .await
+        let span = db_client("sqlite", operation, table);
+        self.run_untraced(move |connection| {
+            span.in_scope(|| {
+                let result = query(connection);
+                if let Err(StoreError::Database(error)) = &result {
+                    let code = error.sqlite_error_code().map(|c| format!("{c:?}"));
+                    mark_error(
+                        &span,
+                        code.as_deref().unwrap_or("database"),
+                        &error.to_string(),
+                    );
+                }
+                result
+            })
+        })
+        .await
     }
 
     /// Runs `query` on the blocking pool without a span. For background polls: a poll
-    /// every few seconds would put a one-span trace in Jaeger every few seconds; the work
-    /// a poll finds is traced instead.
-    async fn run_quietly<T, F>(&self, query: F) -> Result<T, StoreError>
+    /// every second would put a one-span trace in Jaeger every second; the work a poll
+    /// finds is traced instead.
+    pub(crate) async fn run_untraced<T, F>(&self, query: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
@@ -111,27 +109,30 @@ impl Store {
         .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
-    pub async fn insert(&self, order: Order, trace_context: String) -> Result<(), StoreError> {
-        self.run("INSERT", move |c| {
-            c.execute(
-                "INSERT INTO orders (id, customer_id, items, status, created_at_ms, trace_context)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    /// Stores a new order and its outbox entry in one transaction: both or neither.
+    pub async fn create(&self, order: Order, event: NewEntry) -> Result<(), StoreError> {
+        self.run("INSERT", "orders", move |c| {
+            let tx = c.unchecked_transaction()?;
+            tx.execute(
+                "INSERT INTO orders (id, customer_id, items, status, created_at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![
-                    order.id,
+                    order.order_id,
                     order.customer_id,
                     items_to_json(&order.items),
-                    order.status.as_str_name(),
+                    order.status().as_str_name(),
                     now_ms(),
-                    trace_context,
                 ],
             )?;
+            outbox::insert(&tx, &event)?;
+            tx.commit()?;
             Ok(())
         })
         .await
     }
 
     pub async fn get(&self, id: String) -> Result<Order, StoreError> {
-        self.run("SELECT", move |c| {
+        self.run("SELECT", "orders", move |c| {
             c.query_row(
                 "SELECT id, customer_id, items, status, failure_reason FROM orders WHERE id = ?1",
                 params![id],
@@ -139,17 +140,6 @@ impl Store {
             )
             .optional()?
             .ok_or(StoreError::NotFound(id))
-        })
-        .await
-    }
-
-    pub async fn mark_published(&self, id: String) -> Result<(), StoreError> {
-        self.run("UPDATE", move |c| {
-            c.execute(
-                "UPDATE orders SET event_published = 1 WHERE id = ?1",
-                params![id],
-            )?;
-            Ok(())
         })
         .await
     }
@@ -162,7 +152,7 @@ impl Store {
         status: OrderStatus,
         failure_reason: Option<String>,
     ) -> Result<Order, StoreError> {
-        self.run("UPDATE", move |c| {
+        self.run("UPDATE", "orders", move |c| {
             let tx = c.unchecked_transaction()?;
             let mut order = tx
                 .query_row(
@@ -172,13 +162,13 @@ impl Store {
                 )
                 .optional()?
                 .ok_or_else(|| StoreError::NotFound(id.clone()))?;
-            if order.status == status {
+            if order.status() == status {
                 return Ok(order);
             }
-            if order.status != OrderStatus::Pending {
+            if order.status() != OrderStatus::Pending {
                 return Err(StoreError::Conflict {
                     id,
-                    current: order.status,
+                    current: order.status(),
                 });
             }
             tx.execute(
@@ -186,39 +176,16 @@ impl Store {
                 params![id, status.as_str_name(), failure_reason],
             )?;
             tx.commit()?;
-            order.status = status;
-            order.failure_reason = failure_reason;
+            order.set_status(status);
+            order.failure_reason = failure_reason.unwrap_or_default();
             Ok(order)
-        })
-        .await
-    }
-
-    /// Orders older than `min_age_ms` whose event has not been published.
-    pub async fn unpublished(
-        &self,
-        min_age_ms: i64,
-        limit: i64,
-    ) -> Result<Vec<Unpublished>, StoreError> {
-        // A background poll: untraced (see `run_quietly`).
-        self.run_quietly(move |c| {
-            let mut statement = c.prepare(
-                "SELECT id, customer_id, items, status, failure_reason, trace_context FROM orders
-                 WHERE event_published = 0 AND created_at_ms <= ?1 ORDER BY created_at_ms LIMIT ?2",
-            )?;
-            let rows = statement.query_map(params![now_ms() - min_age_ms, limit], |row| {
-                Ok(Unpublished {
-                    order: row_to_order(row)?,
-                    trace_context: row.get(5)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
     }
 
     /// For readiness: the database answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.run_quietly(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
+        self.run_untraced(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
             .await
     }
 }
@@ -226,72 +193,79 @@ impl Store {
 fn row_to_order(row: &rusqlite::Row<'_>) -> rusqlite::Result<Order> {
     let items: String = row.get(2)?;
     let status: String = row.get(3)?;
-    Ok(Order {
-        id: row.get(0)?,
+    let mut order = Order {
+        order_id: row.get(0)?,
         customer_id: row.get(1)?,
         items: serde_json::from_str(&items).map_err(|e| {
             rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, Box::new(e))
         })?,
-        status: OrderStatus::from_str_name(&status).unwrap_or(OrderStatus::Unspecified),
-        failure_reason: row.get(4)?,
-    })
+        failure_reason: row.get::<_, Option<String>>(4)?.unwrap_or_default(),
+        ..Order::default()
+    };
+    order.set_status(OrderStatus::from_str_name(&status).unwrap_or(OrderStatus::Unspecified));
+    Ok(order)
 }
 
-fn items_to_json(items: &[(String, i64)]) -> String {
+fn items_to_json(items: &[OrderItem]) -> String {
+    // Serialising plain strings and integers cannot fail.
     serde_json::to_string(items).unwrap_or_else(|_| "[]".to_owned())
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or_default()
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn order(id: &str) -> Order {
-        Order {
-            id: id.into(),
+    pub(crate) fn order(id: &str) -> Order {
+        let mut order = Order {
+            order_id: id.into(),
             customer_id: "c-1".into(),
-            items: vec![("SKU-1".into(), 2)],
-            status: OrderStatus::Pending,
-            failure_reason: None,
-        }
+            items: vec![OrderItem {
+                sku: "SKU-1".into(),
+                quantity: 2,
+            }],
+            ..Order::default()
+        };
+        order.set_status(OrderStatus::Pending);
+        order
+    }
+
+    pub(crate) fn temp_store() -> (Store, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("order-store-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        (Store::open(&dir.join("orders.db")).unwrap(), dir)
     }
 
     #[tokio::test]
     async fn orders_survive_a_reopen_and_complete_idempotently() {
-        let dir = std::env::temp_dir().join(format!("order-store-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("orders.db");
-        {
-            let store = Store::open(&path).unwrap();
-            store
-                .insert(order("o-1"), "traceparent: x".into())
-                .await
-                .unwrap();
-        }
-        let store = Store::open(&path).unwrap();
+        let (store, dir) = temp_store();
+        store
+            .create(
+                order("o-1"),
+                NewEntry::order_created(&order("o-1"), "traceparent: x".into()),
+            )
+            .await
+            .unwrap();
+        drop(store);
+        let store = Store::open(&dir.join("orders.db")).unwrap();
         assert_eq!(store.get("o-1".into()).await.unwrap(), order("o-1"));
-        let pending = store.unpublished(0, 10).await.unwrap();
-        assert_eq!(pending.len(), 1);
-        assert_eq!(pending[0].trace_context, "traceparent: x");
-        store.mark_published("o-1".into()).await.unwrap();
-        assert!(store.unpublished(0, 10).await.unwrap().is_empty());
 
         let done = store
             .complete("o-1".into(), OrderStatus::Fulfilled, None)
             .await
             .unwrap();
-        assert_eq!(done.status, OrderStatus::Fulfilled);
+        assert_eq!(done.status(), OrderStatus::Fulfilled);
         let again = store
             .complete("o-1".into(), OrderStatus::Fulfilled, None)
             .await
             .unwrap();
-        assert_eq!(again.status, OrderStatus::Fulfilled);
+        assert_eq!(again.status(), OrderStatus::Fulfilled);
         let conflict = store
             .complete("o-1".into(), OrderStatus::Failed, Some("late".into()))
             .await
@@ -301,6 +275,30 @@ mod tests {
             store.get("missing".into()).await.unwrap_err(),
             StoreError::NotFound(_)
         ));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_order_and_its_event_are_stored_together_or_not_at_all() {
+        let (store, dir) = temp_store();
+        let first = order("o-1");
+        store
+            .create(
+                first.clone(),
+                NewEntry::order_created(&first, String::new()),
+            )
+            .await
+            .unwrap();
+        // The same id again: the order's INSERT fails, and the second event with it.
+        let error = store
+            .create(
+                first.clone(),
+                NewEntry::order_created(&first, String::new()),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(error, StoreError::Database(_)));
+        assert_eq!(outbox::tests::pending_count(&store).await, 1);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use lifecycle::health::{self, Readiness};
+use proto::order::v1::SERVICE_NAME;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic::transport::Channel;
 
 use crate::config::Config;
 use crate::consumer;
@@ -20,9 +22,11 @@ pub struct Application {
     config: Config,
     consumer: Arc<StreamConsumer>,
     reporter: Reporter,
+    order_service_health: Channel,
     health_listener: TcpListener,
 }
 
+// By hand: rdkafka's consumer has no `Debug`.
 impl std::fmt::Debug for Application {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Application")
@@ -34,15 +38,16 @@ impl std::fmt::Debug for Application {
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let consumer = consumer::create(&config).context("creating Kafka consumer")?;
-        let reporter = Reporter::new(&config.order_service_url)
-            .with_context(|| format!("ORDER_SERVICE_URL={}", config.order_service_url))?;
+        let order_service = proto::client::connect(&config.order_service)
+            .with_context(|| format!("ORDER_SERVICE_URL={}", config.order_service.url))?;
         let health_listener = TcpListener::bind(config.health_addr)
             .await
             .with_context(|| format!("binding HEALTH_ADDR={}", config.health_addr))?;
         Ok(Self {
             config,
             consumer,
-            reporter,
+            reporter: Reporter::new(order_service.client),
+            order_service_health: order_service.health,
             health_listener,
         })
     }
@@ -63,20 +68,16 @@ impl Application {
         tasks.spawn(watch_dependencies(
             readiness,
             Arc::clone(&self.consumer),
-            self.config.clone(),
+            self.config.topic.clone(),
+            self.order_service_health,
             shutdown.clone(),
         ));
         tasks.close();
 
         tracing::info!(topic = %self.config.topic, group = %self.config.group_id, "worker consuming");
-        let result = consumer::run(
-            self.consumer,
-            self.config.group_id,
-            self.reporter,
-            shutdown.clone(),
-        )
-        .await
-        .context("consuming");
+        let result = consumer::run(self.consumer, &self.config, self.reporter, shutdown.clone())
+            .await
+            .context("consuming");
         // Whatever ended the loop, the rest of the service stops too.
         shutdown.cancel();
         tasks.wait().await;
@@ -89,18 +90,14 @@ impl Application {
 async fn watch_dependencies(
     readiness: Readiness,
     consumer: Arc<StreamConsumer>,
-    config: Config,
+    topic: String,
+    order_service: Channel,
     shutdown: CancellationToken,
 ) {
-    let Ok(endpoint) = tonic::transport::Endpoint::from_shared(config.order_service_url.clone())
-    else {
-        return;
-    };
-    let channel = endpoint.connect_lazy();
-    health::watch(readiness, shutdown, || {
+    let check = || {
         let consumer = Arc::clone(&consumer);
-        let topic = config.topic.clone();
-        let channel = channel.clone();
+        let topic = topic.clone();
+        let order_service = order_service.clone();
         async move {
             tokio::task::spawn_blocking(move || {
                 consumer
@@ -110,8 +107,8 @@ async fn watch_dependencies(
             })
             .await
             .unwrap_or_else(|e| Err(format!("kafka check failed: {e}")))?;
-            health::grpc_serving(channel, "order.v1.OrderService").await
+            health::grpc_serving(order_service, SERVICE_NAME).await
         }
-    })
-    .await;
+    };
+    health::watch(readiness, shutdown, check, health::unreported).await;
 }

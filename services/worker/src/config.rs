@@ -2,7 +2,8 @@
 
 use std::net::SocketAddr;
 
-use lifecycle::env::{EnvError, Source, parse_or, string_or, url_or};
+use proto::client::ClientConfig;
+use settings::{SettingError, Source, parse_or, string_or};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -13,20 +14,19 @@ pub struct Config {
     /// `KAFKA_GROUP_ID`: the consumer group; workers in one group share the partitions
     /// (default `worker`).
     pub group_id: String,
-    /// `ORDER_SERVICE_URL`: where outcomes are reported (default `http://localhost:50051`).
-    pub order_service_url: String,
+    /// `ORDER_SERVICE_*`: where outcomes are reported, and how long one call may take.
+    pub order_service: ClientConfig,
     /// `HEALTH_ADDR`: the liveness/readiness HTTP endpoint (default `0.0.0.0:8081`).
     pub health_addr: SocketAddr,
 }
 
 impl Config {
-    pub fn from_env(source: &impl Source) -> Result<Self, EnvError> {
-        let order_service_url = url_or(source, "ORDER_SERVICE_URL", "http://localhost:50051")?;
+    pub fn from_env(source: &impl Source) -> Result<Self, SettingError> {
         Ok(Self {
             bootstrap_servers: string_or(source, "KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
             topic: string_or(source, "KAFKA_TOPIC", proto::events::ORDERS_TOPIC),
             group_id: string_or(source, "KAFKA_GROUP_ID", "worker"),
-            order_service_url,
+            order_service: ClientConfig::from_source(source)?,
             health_addr: parse_or(source, "HEALTH_ADDR", ([0, 0, 0, 0], 8081).into())?,
         })
     }
@@ -39,6 +39,7 @@ mod tests {
     const BAD: &[(&str, &str)] = &[
         ("HEALTH_ADDR", "localhost"),
         ("ORDER_SERVICE_URL", "grpc://x"),
+        ("ORDER_SERVICE_TIMEOUT_MS", "-1"),
     ];
 
     #[test]

@@ -8,12 +8,13 @@
 
 use std::sync::Arc;
 
-use proto::events::OrderCreated;
+use proto::order::v1::OrderCreated;
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
-use telemetry::propagation::kafka;
+use telemetry::propagation::kafka::KafkaClient;
+use telemetry::span::mark_error;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -21,9 +22,13 @@ use crate::config::Config;
 use crate::fulfilment;
 use crate::reporting::{ReportError, Reporter};
 
+/// `client.id`, and `messaging.client.id` on the spans.
+const CLIENT_ID: &str = "worker";
+
 pub fn create(config: &Config) -> KafkaResult<Arc<StreamConsumer>> {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &config.bootstrap_servers)
+        .set("client.id", CLIENT_ID)
         .set("group.id", &config.group_id)
         // Events published before this worker first joined are still processed.
         .set("auto.offset.reset", "earliest")
@@ -45,10 +50,11 @@ enum Handled {
 /// Consumes until `shutdown` is cancelled, finishing the record in hand, then commits.
 pub async fn run(
     consumer: Arc<StreamConsumer>,
-    group_id: String,
+    config: &Config,
     reporter: Reporter,
     shutdown: CancellationToken,
 ) -> KafkaResult<()> {
+    let kafka = KafkaClient::new(CLIENT_ID, &config.bootstrap_servers);
     loop {
         let received = tokio::select! {
             biased;
@@ -63,7 +69,7 @@ pub async fn run(
                 continue;
             }
         };
-        match handle(&message, &group_id, &reporter, &shutdown).await {
+        match handle(&message, &kafka, &config.group_id, &reporter, &shutdown).await {
             Handled::Done => {
                 // Fails when a rebalance took the partition away meanwhile: the new owner
                 // processes the record again (at least once), so this worker goes on.
@@ -87,17 +93,18 @@ pub async fn run(
 /// producer's trace (context from the record headers).
 async fn handle(
     message: &BorrowedMessage<'_>,
+    kafka: &KafkaClient,
     group_id: &str,
     reporter: &Reporter,
     shutdown: &CancellationToken,
 ) -> Handled {
-    let span = kafka::consumer_span(message, group_id);
+    let span = kafka.consumer_span(message, group_id);
     let payload = message.payload().unwrap_or_default();
     async move {
         let event = match OrderCreated::from_payload(payload) {
             Ok(event) => event,
             Err(error) => {
-                kafka::record_failure(&tracing::Span::current(), "malformed_message", &error.to_string());
+                mark_error(&tracing::Span::current(), "malformed_message", &error.to_string());
                 tracing::error!(%error, "skipping a record that is not an order event");
                 return Handled::Done;
             }
@@ -109,7 +116,7 @@ async fn handle(
                 Handled::Done
             }
             Err(ReportError::Rejected(status)) => {
-                kafka::record_failure(&tracing::Span::current(), "rejected", status.message());
+                mark_error(&tracing::Span::current(), "rejected", status.message());
                 tracing::error!(order_id = %event.order_id, code = ?status.code(), message = status.message(), "outcome rejected; skipping record");
                 Handled::Done
             }

@@ -9,7 +9,8 @@
 
 use std::time::Duration;
 
-use proto::events::OrderCreated;
+use proto::order::v1::OrderCreated;
+use telemetry::span::mark_error;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -57,7 +58,7 @@ async fn reserve_stock(event: OrderCreated) -> Result<(), String> {
         Some(item) => {
             let reason = format!("out of stock: {}", item.sku);
             tracing::warn!(%reason, "stock reservation failed");
-            record_step_error(&reason);
+            mark_error(&tracing::Span::current(), "out_of_stock", &reason);
             Err(reason)
         }
         None => {
@@ -75,7 +76,7 @@ async fn charge_payment(event: OrderCreated) -> Result<(), String> {
         let reason =
             format!("payment declined: {units} units is over the {PAYMENT_LIMIT_UNITS}-unit limit");
         tracing::warn!(%reason, "payment failed");
-        record_step_error(&reason);
+        mark_error(&tracing::Span::current(), "payment_declined", &reason);
         return Err(reason);
     }
     tracing::info!(units, "payment charged");
@@ -83,42 +84,31 @@ async fn charge_payment(event: OrderCreated) -> Result<(), String> {
 }
 
 /// Created by the caller, in the consumer span's context: that is what makes it the
-/// consumer span's child even though the task runs elsewhere.
+/// consumer span's child even though the task runs elsewhere. A business failure is an
+/// error of the step that failed (its span turns red in Jaeger), not of the whole record:
+/// the order is still processed, to FAILED.
 fn step_span(name: &'static str, event: &OrderCreated) -> tracing::Span {
-    tracing::info_span!(
-        "fulfilment step",
-        otel.name = name,
-        otel.status_code = tracing::field::Empty,
-        otel.status_description = tracing::field::Empty,
-        app.order.id = %event.order_id,
-    )
-}
-
-/// A business failure is an error of the step that failed (its span turns red in
-/// Jaeger), not of the whole message: the order is still processed to FAILED.
-fn record_step_error(reason: &str) {
-    let span = tracing::Span::current();
-    span.record("otel.status_code", "ERROR");
-    span.record("otel.status_description", reason);
+    telemetry::internal_span!(name, app.order.id = %event.order_id)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::events::EventItem;
+    use proto::order::v1::{Order, OrderItem};
 
     fn event(items: &[(&str, i64)]) -> OrderCreated {
-        OrderCreated::new(
-            "o-1".into(),
-            "c-1".into(),
-            items
+        OrderCreated::for_order(&Order {
+            order_id: "o-1".into(),
+            customer_id: "c-1".into(),
+            items: items
                 .iter()
-                .map(|(sku, quantity)| EventItem {
+                .map(|(sku, quantity)| OrderItem {
                     sku: (*sku).into(),
                     quantity: *quantity,
                 })
                 .collect(),
-        )
+            ..Order::default()
+        })
     }
 
     #[tokio::test]

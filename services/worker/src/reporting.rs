@@ -4,20 +4,16 @@
 
 use std::time::Duration;
 
-use proto::order::v1::order_service_client::OrderServiceClient;
+use proto::client::OrderClient;
 use proto::order::v1::{CompleteOrderRequest, OrderStatus};
-use telemetry::propagation::grpc::{GrpcClientService, traced_channel};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint};
 
 use crate::fulfilment::Outcome;
 
-type Client = OrderServiceClient<GrpcClientService<Channel>>;
-
 #[derive(Debug, Clone)]
 pub struct Reporter {
-    client: Client,
+    client: OrderClient,
 }
 
 /// Why an outcome was not recorded.
@@ -37,14 +33,10 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Reporter {
-    pub fn new(order_service_url: &str) -> Result<Self, tonic::transport::Error> {
-        let endpoint = Endpoint::from_shared(order_service_url.to_owned())?
-            .connect_timeout(Duration::from_secs(2))
-            // Add a timeout so a call can't hang forever.
-            .timeout(Duration::from_secs(5));
-        Ok(Self {
-            client: OrderServiceClient::new(traced_channel(endpoint)),
-        })
+    /// `client` is traced: each call is a CLIENT span, and its timeouts come from
+    /// `ORDER_SERVICE_*` (see `proto::client`).
+    pub fn new(client: OrderClient) -> Self {
+        Self { client }
     }
 
     /// Records the outcome, retrying while the order-service is unavailable. Each try is

@@ -3,6 +3,7 @@
 //! it, so a probe never waits on a dependency. Probes are not traced: they would bury
 //! the traces that matter.
 
+use std::future::Future;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -17,22 +18,29 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-/// `None` when ready, otherwise what is wrong.
+/// Whether the service can take new work (`problem` is `None`), and any `detail` worth
+/// reporting either way (a dependency that is down without stopping the service).
 #[derive(Debug, Clone)]
-pub struct Readiness(Arc<RwLock<Option<String>>>);
+pub struct Readiness {
+    problem: Arc<RwLock<Option<String>>>,
+    detail: Arc<RwLock<Option<String>>>,
+}
 
 impl Default for Readiness {
     fn default() -> Self {
-        Self(Arc::new(RwLock::new(Some("starting".to_owned()))))
+        Self {
+            problem: Arc::new(RwLock::new(Some("starting".to_owned()))),
+            detail: Arc::default(),
+        }
     }
 }
 
 impl Readiness {
     /// Records the result of a dependency check, logging only changes. Returns whether
-    /// readiness changed, for anyone who reports it elsewhere too.
+    /// readiness changed.
     pub fn set(&self, result: Result<(), String>) -> bool {
         let problem = result.err();
-        let Ok(mut current) = self.0.write() else {
+        let Ok(mut current) = self.problem.write() else {
             return false;
         };
         if *current == problem {
@@ -47,10 +55,28 @@ impl Readiness {
     }
 
     pub fn problem(&self) -> Option<String> {
-        self.0
+        self.problem
             .read()
             .map(|p| p.clone())
             .unwrap_or_else(|_| Some("readiness lock poisoned".to_owned()))
+    }
+
+    /// Records a detail for the readiness report, logging only changes.
+    pub fn set_detail(&self, detail: Option<String>) {
+        let Ok(mut current) = self.detail.write() else {
+            return;
+        };
+        if *current != detail {
+            match &detail {
+                Some(detail) => tracing::warn!(%detail, "degraded"),
+                None => tracing::info!("no longer degraded"),
+            }
+            *current = detail;
+        }
+    }
+
+    pub fn detail(&self) -> Option<String> {
+        self.detail.read().ok().and_then(|d| d.clone())
     }
 }
 
@@ -66,13 +92,17 @@ pub fn routes(readiness: Readiness) -> Router {
 }
 
 async fn ready(State(readiness): State<Readiness>) -> (StatusCode, Json<serde_json::Value>) {
-    match readiness.problem() {
-        None => (StatusCode::OK, Json(json!({ "status": "ready" }))),
+    let (status, mut body) = match readiness.problem() {
+        None => (StatusCode::OK, json!({ "status": "ready" })),
         Some(problem) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "not_ready", "reason": problem })),
+            json!({ "status": "not_ready", "reason": problem }),
         ),
+    };
+    if let Some(detail) = readiness.detail() {
+        body["detail"] = json!(detail);
     }
+    (status, Json(body))
 }
 
 /// Serves [`routes`] on `listener` until `shutdown` is cancelled.
@@ -92,20 +122,44 @@ pub async fn serve(
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Runs `check` now and then every [`CHECK_INTERVAL`] until `shutdown`, recording each
-/// result in `readiness`.
-pub async fn watch<F, Fut>(readiness: Readiness, shutdown: CancellationToken, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
+/// result in `readiness`, and calls `on_change(ready)` whenever readiness changes, for
+/// anyone who reports it elsewhere too (the gRPC health service). On shutdown it turns
+/// not ready first, so load balancers stop sending work while in-flight work finishes.
+///
+/// Pass [`unreported`] as `on_change` when the HTTP endpoints are the only report.
+pub async fn watch<Check, Checked, Change, Changed>(
+    readiness: Readiness,
+    shutdown: CancellationToken,
+    mut check: Check,
+    mut on_change: Change,
+) where
+    Check: FnMut() -> Checked,
+    Checked: Future<Output = Result<(), String>>,
+    Change: FnMut(bool) -> Changed,
+    Changed: Future<Output = ()>,
 {
     let mut ticker = tokio::time::interval(CHECK_INTERVAL);
     loop {
         tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => {
+                if readiness.set(Err("shutting down".to_owned())) {
+                    on_change(false).await;
+                }
+                return;
+            }
             _ = ticker.tick() => {}
         }
-        readiness.set(check().await);
+        let result = check().await;
+        let ready = result.is_ok();
+        if readiness.set(result) {
+            on_change(ready).await;
+        }
     }
+}
+
+/// An `on_change` for [`watch`] that reports nowhere else.
+pub fn unreported(_ready: bool) -> std::future::Ready<()> {
+    std::future::ready(())
 }
 
 /// Asks a gRPC server's standard health service whether `service` is SERVING.

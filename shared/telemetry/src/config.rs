@@ -4,9 +4,13 @@
 //! parse (a typo in `OTEL_TRACES_SAMPLER` quietly samples everything). Here every value
 //! is parsed up front and a bad one stops the service with an error naming the variable.
 //! The parsed values are then handed to the SDK explicitly, so what you see here is what
-//! runs, and tests can build a [`TelemetryConfig`] without touching the process environment.
+//! runs. Values are read through the workspace's one settings reader, so tests pass a map
+//! and never touch the process environment.
 
 use std::time::Duration;
+
+use crate::semconv::RpcConventions;
+use settings::{ProcessEnv, SettingError, Source, check_url, millis_or, positive_or, value};
 
 // OTEL_RESOURCE_ATTRIBUTES values use W3C Baggage's percent-encoding.
 use crate::propagation::w3c::percent_decode;
@@ -72,27 +76,10 @@ pub struct TelemetryConfig {
     pub otlp: OtlpConfig,
     pub sampler: SamplerConfig,
     pub batch: BatchSettings,
+    /// `OTEL_SEMCONV_STABILITY_OPT_IN`: `rpc/dup` adds the pre-stable RPC attributes.
+    pub rpc_conventions: RpcConventions,
     /// `RUST_LOG`-style filter for the log lines on stderr (default `info`).
     pub log_filter: String,
-}
-
-/// A setting that cannot be used. The message names the variable.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {variable}={value:?}: {reason}")]
-pub struct ConfigError {
-    pub variable: &'static str,
-    pub value: String,
-    pub reason: String,
-}
-
-impl ConfigError {
-    fn new(variable: &'static str, value: &str, reason: impl Into<String>) -> Self {
-        Self {
-            variable,
-            value: value.to_owned(),
-            reason: reason.into(),
-        }
-    }
 }
 
 const DEFAULT_GRPC_ENDPOINT: &str = "http://localhost:4317";
@@ -103,18 +90,17 @@ impl TelemetryConfig {
     /// Reads the process environment. `service_name` and `service_version` are the
     /// defaults for a binary that sets neither (pass `env!("CARGO_PKG_NAME")` and
     /// `env!("CARGO_PKG_VERSION")`).
-    pub fn from_env(service_name: &str, service_version: &str) -> Result<Self, ConfigError> {
-        Self::from_lookup(service_name, service_version, |key| std::env::var(key).ok())
+    pub fn from_env(service_name: &str, service_version: &str) -> Result<Self, SettingError> {
+        Self::from_source(service_name, service_version, &ProcessEnv)
     }
 
     /// Like [`TelemetryConfig::from_env`] with any source of variables (tests pass a map).
-    pub fn from_lookup(
+    pub fn from_source(
         service_name: &str,
         service_version: &str,
-        lookup: impl Fn(&str) -> Option<String>,
-    ) -> Result<Self, ConfigError> {
-        // An empty variable counts as unset, as the OpenTelemetry spec asks.
-        let get = |key: &str| lookup(key).filter(|v| !v.trim().is_empty());
+        source: &impl Source,
+    ) -> Result<Self, SettingError> {
+        let get = |key: &str| value(source, key);
 
         let mut resource_attributes = match get("OTEL_RESOURCE_ATTRIBUTES") {
             Some(raw) => parse_resource_attributes(&raw)?,
@@ -141,12 +127,13 @@ impl TelemetryConfig {
         }
 
         let exporters = parse_exporters(get("OTEL_TRACES_EXPORTER").as_deref())?;
-        let otlp = parse_otlp(&get)?;
+        let otlp = parse_otlp(source)?;
         let sampler = parse_sampler(
             get("OTEL_TRACES_SAMPLER").as_deref(),
             get("OTEL_TRACES_SAMPLER_ARG").as_deref(),
         )?;
-        let batch = parse_batch(&get)?;
+        let batch = parse_batch(source)?;
+        let rpc_conventions = RpcConventions::from_source(source)?;
         let log_filter = get("RUST_LOG").unwrap_or_else(|| "info".to_owned());
 
         Ok(Self {
@@ -157,12 +144,13 @@ impl TelemetryConfig {
             otlp,
             sampler,
             batch,
+            rpc_conventions,
             log_filter,
         })
     }
 }
 
-fn parse_exporters(raw: Option<&str>) -> Result<Vec<Exporter>, ConfigError> {
+fn parse_exporters(raw: Option<&str>) -> Result<Vec<Exporter>, SettingError> {
     const VAR: &str = "OTEL_TRACES_EXPORTER";
     let Some(raw) = raw else {
         return Ok(vec![Exporter::Otlp]);
@@ -174,7 +162,7 @@ fn parse_exporters(raw: Option<&str>) -> Result<Vec<Exporter>, ConfigError> {
             "console" => Exporter::Console,
             "none" => continue,
             other => {
-                return Err(ConfigError::new(
+                return Err(SettingError::new(
                     VAR,
                     raw,
                     format!("unknown exporter {other:?}; expected otlp, console or none"),
@@ -188,20 +176,20 @@ fn parse_exporters(raw: Option<&str>) -> Result<Vec<Exporter>, ConfigError> {
     Ok(exporters)
 }
 
-fn parse_otlp(get: &impl Fn(&str) -> Option<String>) -> Result<OtlpConfig, ConfigError> {
+fn parse_otlp(source: &impl Source) -> Result<OtlpConfig, SettingError> {
     let (protocol_var, protocol_raw) = first_set(
-        get,
+        source,
         &[
             "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
             "OTEL_EXPORTER_OTLP_PROTOCOL",
         ],
     );
-    let protocol = match protocol_raw.as_deref().map(str::trim) {
+    let protocol = match protocol_raw.as_deref() {
         // The spec's default transport, and the SDK's.
         None | Some("http/protobuf") => OtlpProtocol::HttpProtobuf,
         Some("grpc") => OtlpProtocol::Grpc,
         Some(other) => {
-            return Err(ConfigError::new(
+            return Err(SettingError::new(
                 protocol_var,
                 other,
                 "expected grpc or http/protobuf",
@@ -211,13 +199,13 @@ fn parse_otlp(get: &impl Fn(&str) -> Option<String>) -> Result<OtlpConfig, Confi
 
     // The signal-specific variable is used as it is; the generic one gets the
     // signal's path appended for HTTP (OTLP exporter spec).
-    let endpoint = if let Some(raw) = get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
-        check_endpoint("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &raw)?;
+    let endpoint = if let Some(raw) = value(source, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+        check_url("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &raw)?;
         raw
     } else {
-        let base = match get("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        let base = match value(source, "OTEL_EXPORTER_OTLP_ENDPOINT") {
             Some(raw) => {
-                check_endpoint("OTEL_EXPORTER_OTLP_ENDPOINT", &raw)?;
+                check_url("OTEL_EXPORTER_OTLP_ENDPOINT", &raw)?;
                 raw
             }
             None => match protocol {
@@ -231,17 +219,14 @@ fn parse_otlp(get: &impl Fn(&str) -> Option<String>) -> Result<OtlpConfig, Confi
         }
     };
 
-    let (timeout_var, timeout_raw) = first_set(
-        get,
+    let (timeout_var, _) = first_set(
+        source,
         &[
             "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
             "OTEL_EXPORTER_OTLP_TIMEOUT",
         ],
     );
-    let timeout = match timeout_raw {
-        Some(raw) => Duration::from_millis(parse_positive(timeout_var, &raw)?),
-        None => Duration::from_secs(10),
-    };
+    let timeout = millis_or(source, timeout_var, Duration::from_secs(10))?;
     Ok(OtlpConfig {
         protocol,
         endpoint,
@@ -249,45 +234,28 @@ fn parse_otlp(get: &impl Fn(&str) -> Option<String>) -> Result<OtlpConfig, Confi
     })
 }
 
-fn first_set(
-    get: &impl Fn(&str) -> Option<String>,
-    variables: &[&'static str],
-) -> (&'static str, Option<String>) {
+/// The first of `variables` that is set, with its value; else the last, unset.
+fn first_set(source: &impl Source, variables: &[&'static str]) -> (&'static str, Option<String>) {
     for var in variables {
-        if let Some(value) = get(var) {
+        if let Some(value) = value(source, var) {
             return (var, Some(value));
         }
     }
     (variables[variables.len() - 1], None)
 }
 
-fn check_endpoint(var: &'static str, raw: &str) -> Result<(), ConfigError> {
-    let uri: http::Uri = raw
-        .parse()
-        .map_err(|e| ConfigError::new(var, raw, format!("not a URL: {e}")))?;
-    // Without a scheme the exporter would silently assume https and never connect.
-    match uri.scheme_str() {
-        Some("http" | "https") if uri.host().is_some() => Ok(()),
-        _ => Err(ConfigError::new(
-            var,
-            raw,
-            "expected an http:// or https:// URL with a host",
-        )),
-    }
-}
-
-fn parse_sampler(name: Option<&str>, arg: Option<&str>) -> Result<SamplerConfig, ConfigError> {
-    let ratio = || -> Result<f64, ConfigError> {
+fn parse_sampler(name: Option<&str>, arg: Option<&str>) -> Result<SamplerConfig, SettingError> {
+    let ratio = || -> Result<f64, SettingError> {
         const VAR: &str = "OTEL_TRACES_SAMPLER_ARG";
         match arg {
             None => Ok(1.0),
-            Some(raw) => match raw.trim().parse::<f64>() {
+            Some(raw) => match raw.parse::<f64>() {
                 Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
-                _ => Err(ConfigError::new(VAR, raw, "expected a ratio from 0 to 1")),
+                _ => Err(SettingError::new(VAR, raw, "expected a ratio from 0 to 1")),
             },
         }
     };
-    Ok(match name.map(str::trim) {
+    Ok(match name {
         None | Some("parentbased_always_on") => SamplerConfig::ParentBasedAlwaysOn,
         Some("always_on") => SamplerConfig::AlwaysOn,
         Some("always_off") => SamplerConfig::AlwaysOff,
@@ -295,7 +263,7 @@ fn parse_sampler(name: Option<&str>, arg: Option<&str>) -> Result<SamplerConfig,
         Some("parentbased_always_off") => SamplerConfig::ParentBasedAlwaysOff,
         Some("parentbased_traceidratio") => SamplerConfig::ParentBasedTraceIdRatio(ratio()?),
         Some(other) => {
-            return Err(ConfigError::new(
+            return Err(SettingError::new(
                 "OTEL_TRACES_SAMPLER",
                 other,
                 "expected always_on, always_off, traceidratio, parentbased_always_on, \
@@ -305,19 +273,16 @@ fn parse_sampler(name: Option<&str>, arg: Option<&str>) -> Result<SamplerConfig,
     })
 }
 
-fn parse_batch(get: &impl Fn(&str) -> Option<String>) -> Result<BatchSettings, ConfigError> {
-    let number = |var: &'static str, default: u64| -> Result<u64, ConfigError> {
-        get(var).map_or(Ok(default), |raw| parse_positive(var, &raw))
-    };
+fn parse_batch(source: &impl Source) -> Result<BatchSettings, SettingError> {
     let batch = BatchSettings {
-        max_queue_size: number("OTEL_BSP_MAX_QUEUE_SIZE", 2048)? as usize,
-        max_export_batch_size: number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)? as usize,
-        scheduled_delay: Duration::from_millis(number("OTEL_BSP_SCHEDULE_DELAY", 5000)?),
+        max_queue_size: positive_or(source, "OTEL_BSP_MAX_QUEUE_SIZE", 2048)? as usize,
+        max_export_batch_size: positive_or(source, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)? as usize,
+        scheduled_delay: millis_or(source, "OTEL_BSP_SCHEDULE_DELAY", Duration::from_secs(5))?,
     };
     if batch.max_export_batch_size > batch.max_queue_size {
-        return Err(ConfigError::new(
+        return Err(SettingError::new(
             "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
-            &batch.max_export_batch_size.to_string(),
+            batch.max_export_batch_size,
             format!(
                 "must not exceed OTEL_BSP_MAX_QUEUE_SIZE ({})",
                 batch.max_queue_size
@@ -327,24 +292,13 @@ fn parse_batch(get: &impl Fn(&str) -> Option<String>) -> Result<BatchSettings, C
     Ok(batch)
 }
 
-fn parse_positive(var: &'static str, raw: &str) -> Result<u64, ConfigError> {
-    match raw.trim().parse::<u64>() {
-        Ok(n) if n > 0 => Ok(n),
-        _ => Err(ConfigError::new(
-            var,
-            raw,
-            "expected a positive whole number",
-        )),
-    }
-}
-
 /// `key1=value1,key2=value2`, values percent-encoded (W3C Baggage octet rules).
-fn parse_resource_attributes(raw: &str) -> Result<Vec<(String, String)>, ConfigError> {
+fn parse_resource_attributes(raw: &str) -> Result<Vec<(String, String)>, SettingError> {
     const VAR: &str = "OTEL_RESOURCE_ATTRIBUTES";
     let mut attributes = Vec::new();
     for pair in raw.split(',').filter(|p| !p.trim().is_empty()) {
         let Some((key, value)) = pair.split_once('=') else {
-            return Err(ConfigError::new(
+            return Err(SettingError::new(
                 VAR,
                 raw,
                 format!("{pair:?} is not key=value"),
@@ -352,7 +306,7 @@ fn parse_resource_attributes(raw: &str) -> Result<Vec<(String, String)>, ConfigE
         };
         let key = key.trim();
         if key.is_empty() {
-            return Err(ConfigError::new(
+            return Err(SettingError::new(
                 VAR,
                 raw,
                 format!("{pair:?} has an empty key"),
@@ -360,7 +314,7 @@ fn parse_resource_attributes(raw: &str) -> Result<Vec<(String, String)>, ConfigE
         }
         let value = percent_decode(value.trim())
             .map(|v| v.into_owned())
-            .ok_or_else(|| ConfigError::new(VAR, raw, format!("{pair:?} has a bad %-escape")))?;
+            .ok_or_else(|| SettingError::new(VAR, raw, format!("{pair:?} has a bad %-escape")))?;
         attributes.push((key.to_owned(), value));
     }
     Ok(attributes)
@@ -371,12 +325,12 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn config(vars: &[(&str, &str)]) -> Result<TelemetryConfig, ConfigError> {
+    fn config(vars: &[(&str, &str)]) -> Result<TelemetryConfig, SettingError> {
         let map: HashMap<String, String> = vars
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        TelemetryConfig::from_lookup("svc", "1.2.3", |k| map.get(k).cloned())
+        TelemetryConfig::from_source("svc", "1.2.3", &map)
     }
 
     #[test]

@@ -58,6 +58,7 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, InitError> {
     // Set a format for propagating context. This MUST be set: the default is a no-op,
     // and every service would then start its own trace.
     global::set_text_map_propagator(propagator());
+    crate::semconv::set_rpc(config.rpc_conventions);
 
     let span_counter = SpanCounter::default();
     let provider = tracer_provider(config, span_counter.clone())?;

@@ -9,13 +9,18 @@
 //! 3. Context crosses each transport in [`propagation`]: one file per transport, the
 //!    server side extracting and the client side injecting, with the span names and
 //!    attributes of the OpenTelemetry semantic conventions.
+//! 4. Spans a service makes itself (an internal step, a database query) come from
+//!    [`span`], and every failure is marked on its span the one way [`span::mark_error`] does.
 //!
 //! # Layout
 //!
 //! - `config.rs`: the `OTEL_*` variables, parsed and checked.
 //! - `init.rs`: the one call per service. `guard.rs`: the flush on shutdown.
 //! - `log_format.rs`: log lines with `trace_id` and `span_id`.
-//! - `propagation/{http,grpc,kafka}.rs`: context across each transport.
+//! - `span.rs`: internal and database spans, error marking. `semconv.rs`: which RPC
+//!   attribute names are emitted (`OTEL_SEMCONV_STABILITY_OPT_IN`).
+//! - `propagation/{http,grpc,kafka}.rs`: context across each transport, each behind the
+//!   cargo feature of the same name. `propagation/w3c/`: the W3C propagators.
 //! - `testing.rs` (feature `testing`): in-memory span capture.
 
 mod config;
@@ -23,13 +28,22 @@ mod guard;
 mod init;
 mod log_format;
 pub mod propagation;
+mod semconv;
+pub mod span;
 mod span_count;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use config::{
-    BatchSettings, ConfigError, Exporter, OtlpConfig, OtlpProtocol, SamplerConfig, TelemetryConfig,
+    BatchSettings, Exporter, OtlpConfig, OtlpProtocol, SamplerConfig, TelemetryConfig,
 };
 pub use guard::{ShutdownError, TelemetryGuard};
 pub use init::{InitError, init};
 pub use propagation::current_trace_id;
+pub use semconv::RpcConventions;
+
+/// For the macros of [`span`]: they expand in the services' crates.
+#[doc(hidden)]
+pub mod __private {
+    pub use tracing;
+}

@@ -32,7 +32,7 @@ impl CapturedService {
     pub fn new(service_name: &str) -> Self {
         install_propagator();
         // The defaults: parent-based always-on sampling, as a service has unless told otherwise.
-        let config = TelemetryConfig::from_lookup(service_name, "test", |_| None)
+        let config = TelemetryConfig::from_source(service_name, "test", &|_: &str| None)
             .unwrap_or_else(|e| panic!("default telemetry config is invalid: {e}"));
         let exporter = InMemorySpanExporter::default();
         let provider = SdkTracerProvider::builder()

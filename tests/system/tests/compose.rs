@@ -322,7 +322,7 @@ fn variables_read(service: &str, env: &BTreeMap<String, String>) -> BTreeSet<Str
         other => panic!("unknown service {other}"),
     };
     result.unwrap_or_else(|e| panic!("{service}: compose sets an invalid value: {e}"));
-    telemetry::TelemetryConfig::from_lookup(service, "test", source)
+    telemetry::TelemetryConfig::from_source(service, "test", &source)
         .unwrap_or_else(|e| panic!("{service}: compose sets an invalid telemetry value: {e}"));
     read.into_inner()
 }

@@ -44,11 +44,24 @@ fn probe(url: &str) -> Result<(), String> {
     stream
         .set_write_timeout(Some(TIMEOUT))
         .map_err(|e| e.to_string())?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n")
+    // The request goes out in one complete buffer: `write!` on a socket may issue several
+    // writes, and a server that answers after its first read and closes would then make
+    // the later ones fail with a broken pipe.
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
         .map_err(|e| e.to_string())?;
-    let mut head = [0u8; 64];
-    let n = stream.read(&mut head).map_err(|e| e.to_string())?;
-    let status_line = String::from_utf8_lossy(&head[..n]);
+    // The status line may arrive in pieces: read until its end (or the connection's).
+    let mut head = Vec::with_capacity(64);
+    let mut chunk = [0u8; 64];
+    while !head.contains(&b'\n') && head.len() < 1024 {
+        let n = stream.read(&mut chunk).map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&chunk[..n]);
+    }
+    let status_line = String::from_utf8_lossy(&head);
     // "HTTP/1.1 200 OK"
     match status_line.split_whitespace().nth(1) {
         Some("200") => Ok(()),
@@ -67,8 +80,16 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         std::thread::spawn(move || {
             let (mut socket, _) = listener.accept().unwrap();
-            let mut request = [0u8; 256];
-            let _ = socket.read(&mut request);
+            // Read the whole request (to its blank line) before answering, as a real
+            // server does; answering after the first read races the client's writes.
+            let mut request = Vec::new();
+            let mut chunk = [0u8; 256];
+            while !request.ends_with(b"\r\n\r\n") {
+                match socket.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => request.extend_from_slice(&chunk[..n]),
+                }
+            }
             socket.write_all(response.as_bytes()).unwrap();
         });
         format!("http://{addr}/health/ready")

@@ -23,6 +23,8 @@ use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::{extract, inject};
+use crate::semconv::{self, RpcConventions};
+use crate::span::mark_error;
 
 /// Which side of the call a span describes; the two mark errors differently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +82,7 @@ where
                 })
             });
         }
-        let span = rpc_span(Side::Server, request.uri().path(), None);
+        let span = rpc_span(Side::Server, request.uri().path(), None, semconv::rpc());
         // The caller's context arrives as `traceparent` metadata; it must become the
         // parent before the span is first entered.
         if let Err(error) = span.set_parent(extract(&HeaderExtractor(request.headers()))) {
@@ -146,7 +148,12 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         // A child of whatever span the caller is in (the HTTP server span in the
         // gateway, the consumer span in the worker).
-        let span = rpc_span(Side::Client, request.uri().path(), Some(&self.server));
+        let span = rpc_span(
+            Side::Client,
+            request.uri().path(),
+            Some(&self.server),
+            semconv::rpc(),
+        );
         // `traceparent` carries this CLIENT span's id: the server span becomes its child.
         inject(&span.context(), &mut HeaderInjector(request.headers_mut()));
         let future = span.in_scope(|| self.inner.call(request));
@@ -155,9 +162,7 @@ where
                 Ok(response) => Ok(trace_response(response, span, Side::Client)),
                 Err(error) => {
                     // The call never reached the server (connection refused, timeout).
-                    span.record("otel.status_code", "ERROR");
-                    span.record("otel.status_description", error.to_string());
-                    span.record("error.type", "transport");
+                    mark_error(&span, "transport", &error.to_string());
                     Err(error)
                 }
             }
@@ -165,12 +170,13 @@ where
     }
 }
 
+/// A tonic channel with the client layer on top.
+pub type TracedChannel = GrpcClientService<tonic::transport::Channel>;
+
 /// A lazily connecting tonic channel to `endpoint` with the client layer on top: pass it
 /// to a generated client (`OrderServiceClient::new(traced_channel(endpoint))`) and every
 /// call carries the caller's trace.
-pub fn traced_channel(
-    endpoint: tonic::transport::Endpoint,
-) -> GrpcClientService<tonic::transport::Channel> {
+pub fn traced_channel(endpoint: tonic::transport::Endpoint) -> TracedChannel {
     let server = endpoint.uri().clone();
     GrpcClientLayer::new(server).layer(endpoint.connect_lazy())
 }
@@ -178,30 +184,40 @@ pub fn traced_channel(
 // ---------------------------------------------------------------------------------------
 // Shared by both sides
 
-fn rpc_span(side: Side, path: &str, server: Option<&Uri>) -> tracing::Span {
-    // `/order.v1.OrderService/CreateOrder` → ("order.v1.OrderService", "CreateOrder")
-    let (service, method) = path
-        .trim_start_matches('/')
-        .split_once('/')
-        .unwrap_or(("", path));
-    let name = format!("{service}/{method}");
+/// The span of one call, named by its fully qualified method (`order.v1.OrderService/
+/// CreateOrder`), with the current RPC conventions' attributes and, for `rpc/dup`, the
+/// pre-stable ones beside them. Both generations name an attribute `rpc.method`; it keeps
+/// the current, fully qualified value.
+fn rpc_span(
+    side: Side,
+    path: &str,
+    server: Option<&Uri>,
+    conventions: RpcConventions,
+) -> tracing::Span {
+    // `/order.v1.OrderService/CreateOrder` → "order.v1.OrderService/CreateOrder"
+    let method = path.trim_start_matches('/');
+    let service = method.split_once('/').map_or("", |(service, _)| service);
     let kind = match side {
         Side::Client => "client",
         Side::Server => "server",
     };
+    let duplicate = conventions == RpcConventions::Duplicate;
     tracing::info_span!(
         "gRPC call",
-        otel.name = name.as_str(),
+        otel.name = method,
         otel.kind = kind,
         otel.status_code = Empty,
         otel.status_description = Empty,
-        rpc.system = "grpc",
-        rpc.service = service,
+        rpc.system.name = "grpc",
         rpc.method = method,
-        rpc.grpc.status_code = Empty,
+        rpc.response.status_code = Empty,
         server.address = server.and_then(Uri::host),
         server.port = server.and_then(Uri::port_u16).map(i64::from),
         error.type = Empty,
+        // Pre-stable names, only for `OTEL_SEMCONV_STABILITY_OPT_IN=rpc/dup`.
+        rpc.system = duplicate.then_some("grpc"),
+        rpc.service = duplicate.then_some(service),
+        rpc.grpc.status_code = Empty,
     )
 }
 
@@ -227,17 +243,53 @@ fn grpc_status(headers: &HeaderMap) -> Option<i32> {
 }
 
 fn record_grpc_status(span: &tracing::Span, side: Side, code: i32) {
-    span.record("rpc.grpc.status_code", i64::from(code));
+    let code = tonic::Code::from_i32(code);
+    let name = status_name(code);
+    span.record("rpc.response.status_code", name);
+    if semconv::rpc() == RpcConventions::Duplicate {
+        span.record("rpc.grpc.status_code", i64::from(code as i32));
+    }
     let is_error = match side {
         // A client sees every non-OK status as a failed call.
-        Side::Client => code != 0,
+        Side::Client => code != tonic::Code::Ok,
         // A server is only at fault for these; NOT_FOUND or INVALID_ARGUMENT are the
         // caller's problem (semantic conventions for gRPC).
-        Side::Server => matches!(code, 2 | 4 | 12 | 13 | 14 | 15),
+        Side::Server => matches!(
+            code,
+            tonic::Code::Unknown
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Unimplemented
+                | tonic::Code::Internal
+                | tonic::Code::Unavailable
+                | tonic::Code::DataLoss
+        ),
     };
     if is_error {
-        span.record("otel.status_code", "ERROR");
-        span.record("error.type", code.to_string());
+        mark_error(span, name, &format!("gRPC status {name}"));
+    }
+}
+
+/// The status code's name as the gRPC spec writes it (`DEADLINE_EXCEEDED`).
+fn status_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
@@ -276,8 +328,7 @@ where
             }
             Some(Err(error)) => {
                 if let Some(span) = this.span.take() {
-                    span.record("otel.status_code", "ERROR");
-                    span.record("otel.status_description", error.to_string());
+                    mark_error(&span, "transport", &error.to_string());
                 }
             }
             // The stream ended; dropping the span ends it.
@@ -335,6 +386,41 @@ mod tests {
         }
     }
 
+    fn attribute(span: &opentelemetry_sdk::trace::SpanData, key: &str) -> Option<String> {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.as_str().into_owned())
+    }
+
+    #[test]
+    fn duplicate_conventions_add_the_pre_stable_names() {
+        let capture = CapturedService::new("grpc-test");
+        tracing::dispatcher::with_default(capture.dispatch(), || {
+            let server: Uri = "http://orders:50051".parse().unwrap();
+            drop(rpc_span(
+                Side::Client,
+                "/order.v1.OrderService/GetOrder",
+                Some(&server),
+                RpcConventions::Duplicate,
+            ));
+        });
+        let spans = capture.spans();
+        let span = &spans[0];
+        assert_eq!(span.name, "order.v1.OrderService/GetOrder");
+        assert_eq!(attribute(span, "rpc.system").as_deref(), Some("grpc"));
+        assert_eq!(
+            attribute(span, "rpc.service").as_deref(),
+            Some("order.v1.OrderService")
+        );
+        assert_eq!(attribute(span, "rpc.system.name").as_deref(), Some("grpc"));
+        assert_eq!(
+            attribute(span, "rpc.method").as_deref(),
+            Some("order.v1.OrderService/GetOrder")
+        );
+        assert_eq!(attribute(span, "server.port").as_deref(), Some("50051"));
+    }
+
     #[tokio::test]
     async fn client_injects_and_server_extracts_through_grpc_metadata() {
         let capture = CapturedService::new("grpc-test");
@@ -371,14 +457,19 @@ mod tests {
         );
         assert!(server_span.parent_span_is_remote);
         for span in [client_span, server_span] {
-            let status = span
-                .attributes
-                .iter()
-                .find(|kv| kv.key.as_str() == "rpc.grpc.status_code");
+            assert_eq!(attribute(span, "rpc.system.name").as_deref(), Some("grpc"));
             assert_eq!(
-                status.map(|kv| kv.value.clone()),
-                Some(opentelemetry::Value::I64(0))
+                attribute(span, "rpc.method").as_deref(),
+                Some("order.v1.OrderService/CreateOrder")
             );
+            assert_eq!(
+                attribute(span, "rpc.response.status_code").as_deref(),
+                Some("OK")
+            );
+            // The pre-stable names only under `rpc/dup`.
+            for old in ["rpc.system", "rpc.service", "rpc.grpc.status_code"] {
+                assert_eq!(attribute(span, old), None, "{old}");
+            }
         }
         let server_address = client_span
             .attributes
@@ -417,6 +508,18 @@ mod tests {
         };
         assert_eq!(is_error(SpanKind::Client), Some(true));
         assert_eq!(is_error(SpanKind::Server), Some(false));
+        let client = spans
+            .iter()
+            .find(|s| s.span_kind == SpanKind::Client)
+            .unwrap();
+        assert_eq!(
+            attribute(client, "error.type").as_deref(),
+            Some("NOT_FOUND")
+        );
+        assert_eq!(
+            attribute(client, "rpc.response.status_code").as_deref(),
+            Some("NOT_FOUND")
+        );
     }
 
     #[tokio::test]

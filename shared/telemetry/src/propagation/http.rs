@@ -23,6 +23,7 @@ use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::{extract, inject, traceresponse};
+use crate::span::mark_error;
 
 /// Response header with the trace id of the server span (W3C Trace Context Level 2).
 pub const TRACERESPONSE: &str = "traceresponse";
@@ -38,6 +39,19 @@ pub enum InboundContext {
     /// `tracestate` and `baggage`. For a public edge: a caller cannot then choose your
     /// trace ids, force sampling with the sampled flag, or smuggle baggage to your backends.
     Restart,
+}
+
+impl std::str::FromStr for InboundContext {
+    type Err = String;
+
+    /// `continue` or `restart`, the words `INBOUND_TRACE_CONTEXT` takes.
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "continue" => Ok(Self::Continue),
+            "restart" => Ok(Self::Restart),
+            _ => Err("expected continue or restart".to_owned()),
+        }
+    }
 }
 
 /// Add with `Router::layer` so that it sees the matched route (`/api/orders/{id}`),
@@ -149,6 +163,7 @@ fn server_span<B>(request: &Request<B>) -> tracing::Span {
         otel.name = name.as_str(),
         otel.kind = "server",
         otel.status_code = Empty,
+        otel.status_description = Empty,
         http.request.method = method,
         http.route = route.as_deref(),
         http.response.status_code = Empty,
@@ -187,6 +202,7 @@ pub fn client_span(method: &http::Method, url: &http::Uri) -> tracing::Span {
         otel.name = method,
         otel.kind = "client",
         otel.status_code = Empty,
+        otel.status_description = Empty,
         http.request.method = method,
         http.response.status_code = Empty,
         url.full = url.to_string().as_str(),
@@ -209,8 +225,7 @@ pub fn inject_headers(span: &tracing::Span, headers: &mut http::HeaderMap) {
 pub fn record_client_status(span: &tracing::Span, status: u16) {
     span.record("http.response.status_code", i64::from(status));
     if status >= 400 {
-        span.record("otel.status_code", "ERROR");
-        span.record("error.type", status.to_string());
+        mark_error(span, &status.to_string(), &format!("HTTP {status}"));
     }
 }
 
@@ -218,8 +233,7 @@ fn record_status(span: &tracing::Span, status: u16) {
     span.record("http.response.status_code", i64::from(status));
     // A 4xx is the client's mistake, not a server failure: only 5xx marks the span.
     if status >= 500 {
-        span.record("otel.status_code", "ERROR");
-        span.record("error.type", status.to_string());
+        mark_error(span, &status.to_string(), &format!("HTTP {status}"));
     }
 }
 

@@ -1,11 +1,11 @@
 //! Kafka (rdkafka): the context rides in the record headers. rdkafka knows nothing of
 //! OpenTelemetry, so the carriers are here, next to the spans that use them.
 //!
-//! - Producer: [`producer_span`] (`send {topic}`, kind PRODUCER), then
+//! - Producer: [`KafkaClient::producer_span`] (`send {topic}`, kind PRODUCER), then
 //!   [`inject_headers`] writes *that span's* context into the record.
-//! - Consumer: [`consumer_span`] (`process {topic}`, kind CONSUMER) extracts it, makes the
-//!   producer span its parent (one trace per order) and also links to it, as the
-//!   messaging conventions ask.
+//! - Consumer: [`KafkaClient::consumer_span`] (`process {topic}`, kind CONSUMER) extracts
+//!   it, makes the producer span its parent (one trace per order) and also links to it,
+//!   as the messaging conventions ask.
 //!
 //! Hop: order-service → worker. Without the headers the worker starts a new trace.
 
@@ -16,10 +16,11 @@ use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::{extract, inject};
+use crate::span::mark_error;
 
 /// Writes the context of `span` into `headers` (`traceparent`, `tracestate`, `baggage`).
 pub fn inject_headers(span: &tracing::Span, headers: OwnedHeaders) -> OwnedHeaders {
-    let mut carrier = HeaderInjector(Vec::new());
+    let mut carrier = RecordHeaderInjector(Vec::new());
     inject(&span.context(), &mut carrier);
     carrier.0.iter().fold(headers, |headers, (key, value)| {
         headers.insert(Header {
@@ -32,9 +33,9 @@ pub fn inject_headers(span: &tracing::Span, headers: OwnedHeaders) -> OwnedHeade
 /// Collects what the propagator writes; `OwnedHeaders::insert` consumes the headers,
 /// which an `Injector` (`&mut self`) cannot do.
 #[derive(Debug)]
-struct HeaderInjector(Vec<(String, String)>);
+struct RecordHeaderInjector(Vec<(String, String)>);
 
-impl Injector for HeaderInjector {
+impl Injector for RecordHeaderInjector {
     fn set(&mut self, key: &str, value: String) {
         self.0.push((key.to_owned(), value));
     }
@@ -43,9 +44,9 @@ impl Injector for HeaderInjector {
 /// Reads propagation headers from a consumed (or any) record. Kafka header keys may
 /// repeat; `get` returns the first, `get_all` every value in order.
 #[derive(Debug)]
-pub struct HeaderExtractor<'a, H>(pub &'a H);
+pub struct RecordHeaderExtractor<'a, H>(pub &'a H);
 
-impl<'h, H: Headers> HeaderExtractor<'h, H> {
+impl<'h, H: Headers> RecordHeaderExtractor<'h, H> {
     fn values<'k>(&self, key: &'k str) -> impl Iterator<Item = &'h str> + use<'h, 'k, H> {
         let headers = self.0;
         (0..headers.count())
@@ -56,7 +57,7 @@ impl<'h, H: Headers> HeaderExtractor<'h, H> {
     }
 }
 
-impl<H: Headers> Extractor for HeaderExtractor<'_, H> {
+impl<H: Headers> Extractor for RecordHeaderExtractor<'_, H> {
     fn get(&self, key: &str) -> Option<&str> {
         self.values(key).next()
     }
@@ -74,25 +75,100 @@ impl<H: Headers> Extractor for HeaderExtractor<'_, H> {
     }
 }
 
-/// The PRODUCER span for publishing one record. Create it inside the span of the work
-/// that publishes (the gRPC server span), inject its context with [`inject_headers`],
-/// and keep it open until the broker acknowledges: [`record_delivery`].
-pub fn producer_span(topic: &str, key: &str) -> tracing::Span {
-    tracing::info_span!(
-        "Kafka send",
-        otel.name = format!("send {topic}").as_str(),
-        otel.kind = "producer",
-        otel.status_code = Empty,
-        otel.status_description = Empty,
-        messaging.system = "kafka",
-        messaging.operation.type = "send",
-        messaging.operation.name = "send",
-        messaging.destination.name = topic,
-        messaging.kafka.message.key = key,
-        messaging.destination.partition.id = Empty,
-        messaging.kafka.offset = Empty,
-        error.type = Empty,
-    )
+/// Who talks to Kafka, for the spans' `messaging.client.id` and `server.address`/
+/// `server.port` (the first bootstrap broker: the one address known without a lookup).
+#[derive(Debug, Clone)]
+pub struct KafkaClient {
+    client_id: String,
+    server_address: Option<String>,
+    server_port: Option<i64>,
+}
+
+impl KafkaClient {
+    /// `client_id` is the one given to rdkafka (`client.id`); `bootstrap_servers` the
+    /// `host:port,...` list.
+    pub fn new(client_id: &str, bootstrap_servers: &str) -> Self {
+        let first = bootstrap_servers
+            .split(',')
+            .next()
+            .unwrap_or_default()
+            .trim();
+        let (host, port) = match first.rsplit_once(':') {
+            Some((host, port)) => (host, port.parse::<u16>().ok().map(i64::from)),
+            None => (first, None),
+        };
+        Self {
+            client_id: client_id.to_owned(),
+            server_address: (!host.is_empty()).then(|| host.to_owned()),
+            server_port: port,
+        }
+    }
+
+    /// The PRODUCER span for publishing one record. Create it inside the span of the work
+    /// that publishes, inject its context with [`inject_headers`], and keep it open until
+    /// the broker acknowledges: [`record_delivery`].
+    pub fn producer_span(&self, topic: &str, key: &str) -> tracing::Span {
+        tracing::info_span!(
+            "Kafka send",
+            otel.name = format!("send {topic}").as_str(),
+            otel.kind = "producer",
+            otel.status_code = Empty,
+            otel.status_description = Empty,
+            messaging.system = "kafka",
+            messaging.operation.type = "send",
+            messaging.operation.name = "send",
+            messaging.destination.name = topic,
+            messaging.client.id = self.client_id.as_str(),
+            messaging.kafka.message.key = key,
+            messaging.destination.partition.id = Empty,
+            messaging.kafka.offset = Empty,
+            server.address = self.server_address.as_deref(),
+            server.port = self.server_port,
+            error.type = Empty,
+        )
+    }
+
+    /// The CONSUMER span for processing one record: continues the producer's trace and
+    /// links to the producer span. Enter it (`.instrument`) around all work for the record.
+    pub fn consumer_span<M: Message>(&self, message: &M, group: &str) -> tracing::Span {
+        let topic = message.topic();
+        let key = message
+            .key()
+            .and_then(|k| std::str::from_utf8(k).ok())
+            .unwrap_or_default();
+        let span = tracing::info_span!(
+            "Kafka process",
+            otel.name = format!("process {topic}").as_str(),
+            otel.kind = "consumer",
+            otel.status_code = Empty,
+            otel.status_description = Empty,
+            messaging.system = "kafka",
+            messaging.operation.type = "process",
+            messaging.operation.name = "process",
+            messaging.destination.name = topic,
+            messaging.consumer.group.name = group,
+            messaging.client.id = self.client_id.as_str(),
+            messaging.kafka.message.key = key,
+            messaging.destination.partition.id = message.partition().to_string(),
+            messaging.kafka.offset = message.offset(),
+            server.address = self.server_address.as_deref(),
+            server.port = self.server_port,
+            error.type = Empty,
+        );
+        let producer = match message.headers() {
+            Some(headers) => extract(&RecordHeaderExtractor(headers)),
+            None => opentelemetry::Context::new(),
+        };
+        let producer_span = producer.span().span_context().clone();
+        // Parent first: it must be set before anything starts the span.
+        if let Err(error) = span.set_parent(producer) {
+            tracing::warn!(%error, "could not continue the producer's trace");
+        }
+        if producer_span.is_valid() {
+            span.add_link(producer_span);
+        }
+        span
+    }
 }
 
 /// Records where the broker stored the record.
@@ -101,50 +177,9 @@ pub fn record_delivery(span: &tracing::Span, partition: i32, offset: i64) {
     span.record("messaging.kafka.offset", offset);
 }
 
-/// The CONSUMER span for processing one record: continues the producer's trace and
-/// links to the producer span. Enter it (`.instrument`) around all work for the record.
-pub fn consumer_span<M: Message>(message: &M, group: &str) -> tracing::Span {
-    let topic = message.topic();
-    let key = message
-        .key()
-        .and_then(|k| std::str::from_utf8(k).ok())
-        .unwrap_or_default();
-    let span = tracing::info_span!(
-        "Kafka process",
-        otel.name = format!("process {topic}").as_str(),
-        otel.kind = "consumer",
-        otel.status_code = Empty,
-        otel.status_description = Empty,
-        messaging.system = "kafka",
-        messaging.operation.type = "process",
-        messaging.operation.name = "process",
-        messaging.destination.name = topic,
-        messaging.consumer.group.name = group,
-        messaging.kafka.message.key = key,
-        messaging.destination.partition.id = message.partition().to_string(),
-        messaging.kafka.offset = message.offset(),
-        error.type = Empty,
-    );
-    let producer = match message.headers() {
-        Some(headers) => extract(&HeaderExtractor(headers)),
-        None => opentelemetry::Context::new(),
-    };
-    let producer_span = producer.span().span_context().clone();
-    // Parent first: it must be set before anything starts the span.
-    if let Err(error) = span.set_parent(producer) {
-        tracing::warn!(%error, "could not continue the producer's trace");
-    }
-    if producer_span.is_valid() {
-        span.add_link(producer_span);
-    }
-    span
-}
-
-/// Marks the current record's span as failed, with a reason a person can act on.
-pub fn record_failure(span: &tracing::Span, error_type: &str, description: &str) {
-    span.record("otel.status_code", "ERROR");
-    span.record("otel.status_description", description);
-    span.record("error.type", error_type);
+/// Records a failed send on its PRODUCER span.
+pub fn record_send_failure(span: &tracing::Span, error: &impl std::fmt::Display) {
+    mark_error(span, "kafka", &error.to_string());
 }
 
 #[cfg(test)]
@@ -177,7 +212,7 @@ mod tests {
     #[test]
     fn extractor_reads_first_and_all_values_of_repeated_keys() {
         let h = headers(&[("tracestate", "a=1"), ("other", "x"), ("tracestate", "b=2")]);
-        let extractor = HeaderExtractor(&h);
+        let extractor = RecordHeaderExtractor(&h);
         assert_eq!(extractor.get("tracestate"), Some("a=1"));
         assert_eq!(extractor.get_all("tracestate"), Some(vec!["a=1", "b=2"]));
         assert_eq!(extractor.get("missing"), None);
@@ -190,7 +225,7 @@ mod tests {
             key: "traceparent",
             value: Some(&[0xff_u8, 0xfe][..]),
         });
-        assert_eq!(HeaderExtractor(&h).get("traceparent"), None);
+        assert_eq!(RecordHeaderExtractor(&h).get("traceparent"), None);
     }
 
     #[test]
@@ -203,7 +238,7 @@ mod tests {
             true,
             TraceState::from_key_value([("vendor", "value")]).unwrap(),
         );
-        let mut carrier = HeaderInjector(Vec::new());
+        let mut carrier = RecordHeaderInjector(Vec::new());
         inject(
             &opentelemetry::Context::new().with_remote_span_context(sent.clone()),
             &mut carrier,
@@ -215,7 +250,7 @@ mod tests {
             })
         });
         let message = owned_message(h);
-        let received = extract(&HeaderExtractor(message.headers().unwrap()));
+        let received = extract(&RecordHeaderExtractor(message.headers().unwrap()));
         assert_eq!(received.span().span_context(), &sent);
     }
 
@@ -228,8 +263,23 @@ mod tests {
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
         ] {
             let message = owned_message(headers(&[("traceparent", bad)]));
-            let cx = extract(&HeaderExtractor(message.headers().unwrap()));
+            let cx = extract(&RecordHeaderExtractor(message.headers().unwrap()));
             assert!(!cx.span().span_context().is_valid(), "{bad:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod client_tests {
+    use super::KafkaClient;
+
+    #[test]
+    fn the_first_bootstrap_broker_is_the_server() {
+        let client = KafkaClient::new("worker", "kafka-1:9092,kafka-2:9092");
+        assert_eq!(client.server_address.as_deref(), Some("kafka-1"));
+        assert_eq!(client.server_port, Some(9092));
+        let bare = KafkaClient::new("worker", "localhost");
+        assert_eq!(bare.server_address.as_deref(), Some("localhost"));
+        assert_eq!(bare.server_port, None);
     }
 }

@@ -8,10 +8,14 @@
 //! | order-service → (later) → worker | the order row | [`stored`]: saved with the order, restored when republishing |
 //!
 //! Every carrier goes through [`extract`] and [`inject`], which use the process-wide
-//! propagator that `init` installs (W3C Trace Context and Baggage).
+//! propagator that `init` installs (W3C Trace Context and Baggage). Each transport's file
+//! is behind the cargo feature of the same name.
 
+#[cfg(feature = "grpc")]
 pub mod grpc;
+#[cfg(feature = "http")]
 pub mod http;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod stored;
 pub mod w3c;
@@ -19,7 +23,7 @@ pub mod w3c;
 use opentelemetry::Context;
 use opentelemetry::global;
 use opentelemetry::propagation::{Extractor, Injector};
-use opentelemetry::trace::{SpanContext, TraceContextExt};
+use opentelemetry::trace::TraceContextExt;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// Reads the remote context (trace parent, trace state, baggage) from a carrier.
@@ -47,7 +51,8 @@ pub fn current_trace_id() -> Option<String> {
 
 /// The W3C Trace Context Level 2 `traceresponse` value for a span:
 /// `00-{trace-id}-{span-id}-{flags}`.
-pub(crate) fn traceresponse(span_context: &SpanContext) -> Option<String> {
+#[cfg(feature = "http")]
+pub(crate) fn traceresponse(span_context: &opentelemetry::trace::SpanContext) -> Option<String> {
     span_context.is_valid().then(|| {
         format!(
             "00-{}-{}-{:02x}",

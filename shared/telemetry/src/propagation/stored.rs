@@ -1,6 +1,6 @@
 //! Context that waits in storage. The order-service saves the creating request's context
-//! with each order; if Kafka was down when the order was created, the event published
-//! later still joins the order's trace instead of starting an orphan one.
+//! with each order's outbox entry; the event, published moments or hours later, joins the
+//! order's trace instead of starting an orphan one.
 //!
 //! The stored form is the W3C headers themselves, one `key: value` per line.
 
@@ -35,6 +35,16 @@ pub fn restore_parent(span: &tracing::Span, stored: &str) {
     }
 }
 
+/// The trace id in a stored context, for log lines about the data it belongs to.
+pub fn trace_id(stored: &str) -> Option<String> {
+    stored
+        .lines()
+        .filter_map(|line| line.split_once(": "))
+        .find(|(key, _)| *key == "traceparent")
+        .and_then(|(_, value)| super::w3c::parse_traceparent(value))
+        .map(|(trace_id, _, _)| trace_id.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -48,6 +58,18 @@ mod tests {
             let original = tracing::info_span!("create");
             let stored = capture(&original);
             assert!(stored.starts_with("traceparent: 00-"), "{stored}");
+            assert_eq!(
+                trace_id(&stored),
+                Some(
+                    original
+                        .context()
+                        .span()
+                        .span_context()
+                        .trace_id()
+                        .to_string()
+                )
+            );
+            assert_eq!(trace_id("not: a context"), None);
             let later = tracing::info_span!("publish later");
             restore_parent(&later, &stored);
             assert_eq!(

@@ -68,7 +68,11 @@ impl Stack {
                 topic: TOPIC.into(),
                 topic_partitions: 3,
             },
-            republish_interval: Duration::from_millis(500),
+            outbox: order_service::outbox::RelaySettings {
+                poll_interval: Duration::from_millis(500),
+                reconcile_after: Duration::from_secs(60),
+                max_republish: 3,
+            },
         };
         let app = order_service
             .runtime
@@ -86,7 +90,9 @@ impl Stack {
             bootstrap_servers: bootstrap,
             topic: TOPIC.into(),
             group_id: GROUP.into(),
-            order_service_url: format!("http://{order_service_addr}"),
+            order_service: proto::client::ClientConfig::for_url(format!(
+                "http://{order_service_addr}"
+            )),
             health_addr: "127.0.0.1:0".parse().unwrap(),
         };
         let app = worker
@@ -103,8 +109,9 @@ impl Stack {
         let mut gateway = Service::new("gateway");
         let config = gateway::Config {
             listen_addr: "127.0.0.1:0".parse().unwrap(),
-            order_service_url: format!("http://{order_service_addr}"),
-            order_service_timeout: Duration::from_secs(5),
+            order_service: proto::client::ClientConfig::for_url(format!(
+                "http://{order_service_addr}"
+            )),
             ..gateway::Config::from_env(&|_: &str| None).unwrap()
         };
         let app = gateway

@@ -23,7 +23,7 @@ pub(crate) fn trim_ows(value: &str) -> &str {
 }
 
 /// The same cases through each transport's carrier, with the process-wide propagator.
-#[cfg(test)]
+#[cfg(all(test, feature = "http", feature = "grpc", feature = "kafka"))]
 mod transport_tests {
     use opentelemetry::Context;
     use opentelemetry::baggage::BaggageExt;
@@ -164,7 +164,7 @@ mod transport_tests {
                     value: Some(*v),
                 })
             });
-            let cx = extract(&kafka::HeaderExtractor(&owned));
+            let cx = extract(&kafka::RecordHeaderExtractor(&owned));
             check("kafka", i, &cx, continued, tracestate, baggage);
         }
     }
