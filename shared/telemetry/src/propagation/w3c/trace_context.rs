@@ -27,7 +27,7 @@ const RANDOM: u8 = 0x02;
 /// inherits it, so the injector can send on what the SDK cannot carry:
 /// - the flags: the SDK makes each new span's flags itself and, on a span it does not sample,
 ///   clears them all, `random` included;
-/// - the `tracestate` list as validated: the SDK's `TraceState` refuses one key form the
+/// - the `tracestate` list as validated: the SDK's `TraceState` refuses some key forms the
 ///   grammar allows (see [`parse_tracestate`]). This service adds no entry of its own, so
 ///   the caller's list is exactly what goes on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,17 +170,25 @@ pub fn parse_traceparent(value: &str) -> Option<(TraceId, SpanId, TraceFlags)> {
 }
 
 /// Parses `tracestate` values (several headers are one list, in order). `None` when the
-/// list is invalid as a whole: a malformed member, a duplicated key, more than 32 members.
-/// Empty members (`a=1,,b=2`) are allowed and skipped.
+/// list is invalid as a whole: a malformed member or more than 32 members. Empty members
+/// (`a=1,,b=2`) are allowed and skipped.
 ///
-/// opentelemetry 0.33's `TraceState` is stricter than the spec in one place: it refuses a
-/// multi-tenant key whose system-id has 14 characters (the grammar allows 1 + 13). Such a
-/// member is left out of the returned `TraceState`; the propagator still sends it on, from
-/// the list it keeps beside the context.
+/// Duplicate keys (`foo=1,foo=2`, in one header or across several) are kept as they came,
+/// in order, and count towards the 32. Keeping a key unique is the job of whoever adds it;
+/// a receiver may drop duplicates but should not delete entries it did not write, and this
+/// service writes none, so it has no ground to prefer one copy over another.
+///
+/// opentelemetry 0.33's `TraceState` still checks keys against the older grammar (at
+/// most one `@`, and after it at most 13 characters, the first a letter or digit), so it
+/// refuses some valid keys: `foo@@bar`, `foo@bar@baz`, `foo@-bar`, `t@abcdefghijklmn`.
+/// Such members are left out of the returned `TraceState`, the others kept; the propagator
+/// still sends the whole list on, from the copy it keeps beside the context.
 pub fn parse_tracestate(values: &[&str]) -> Option<TraceState> {
     tracestate_members(values).map(sdk_trace_state)
 }
 
+/// The members the SDK's `TraceState` can hold, in order: each is tried on its own, so a
+/// key it refuses costs that member only, never the list.
 fn sdk_trace_state(members: Vec<(&str, &str)>) -> TraceState {
     let representable = members
         .into_iter()
@@ -200,7 +208,7 @@ fn tracestate_members<'a>(values: &[&'a str]) -> Option<Vec<(&'a str, &'a str)>>
             continue;
         }
         let (key, value) = member.split_once('=')?;
-        if !is_valid_key(key) || !is_valid_value(value) || members.iter().any(|(k, _)| *k == key) {
+        if !is_valid_key(key) || !is_valid_value(value) {
             return None;
         }
         members.push((key, value));
@@ -211,36 +219,20 @@ fn tracestate_members<'a>(values: &[&'a str]) -> Option<Vec<(&'a str, &'a str)>>
     Some(members)
 }
 
-/// `simple-key = lcalpha 0*255(lcalpha / DIGIT / "_" / "-" / "*" / "/")`, or
-/// `tenant-id "@" system-id` with `tenant-id = (lcalpha / DIGIT) 0*240(...)` and
-/// `system-id = lcalpha 0*13(...)`.
+/// `key = ( lcalpha / DIGIT ) 0*255 ( keychar )`,
+/// `keychar = lcalpha / DIGIT / "_" / "-" / "*" / "/" / "@"`: `@` may appear any number of
+/// times after the first character (no separate tenant and system-id parts any more).
 fn is_valid_key(key: &str) -> bool {
-    fn rest_ok(s: &str) -> bool {
-        s.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'*' | b'/')
+    let bytes = key.as_bytes();
+    bytes.len() <= 256
+        && bytes
+            .first()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && bytes.iter().all(|b| {
+            b.is_ascii_lowercase()
+                || b.is_ascii_digit()
+                || matches!(b, b'_' | b'-' | b'*' | b'/' | b'@')
         })
-    }
-    match key.split_once('@') {
-        None => {
-            key.len() <= 256
-                && key.as_bytes().first().is_some_and(u8::is_ascii_lowercase)
-                && rest_ok(key)
-        }
-        Some((tenant, system)) => {
-            tenant.len() <= 241
-                && tenant
-                    .as_bytes()
-                    .first()
-                    .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-                && rest_ok(tenant)
-                && system.len() <= 14
-                && system
-                    .as_bytes()
-                    .first()
-                    .is_some_and(u8::is_ascii_lowercase)
-                && rest_ok(system)
-        }
-    }
 }
 
 /// `value = 0*255(chr) nblk-chr`, `nblk-chr = %x21-2B / %x2D-3C / %x3E-7E`, `chr = %x20 / nblk-chr`.
@@ -333,80 +325,179 @@ mod tests {
         }
     }
 
-    #[test]
-    fn tracestate_table() {
-        let valid: [(&[&str], &str); 9] = [
-            (&["a=1"], "a=1"),
-            (&["a=1,b=2"], "a=1,b=2"),
-            // Several headers are one list, in order.
-            (&["a=1", "b=2,c=3"], "a=1,b=2,c=3"),
-            // Empty members and optional whitespace.
-            (&[" a=1 ,, \tb=2 "], "a=1,b=2"),
-            (&["tenant@system=x"], "tenant@system=x"),
-            (&["1tenant@sys=x"], "1tenant@sys=x"),
-            (&["a=with inner spaces"], "a=with inner spaces"),
-            (
-                &["k*/_-=~!\"#$%&'()*+-./:;<>?@[]^_`{|}"],
-                "k*/_-=~!\"#$%&'()*+-./:;<>?@[]^_`{|}",
-            ),
-            (&[""], ""),
-        ];
-        for (values, expected) in valid {
-            let state = parse_tracestate(values).unwrap_or_else(|| panic!("{values:?} is valid"));
-            assert_eq!(state.header(), expected, "{values:?}");
-        }
-        let long_key = format!("a{}", "b".repeat(256));
-        let long_value = format!("a={}", "v".repeat(257));
-        let long_tenant = format!("{}@sys=x", "t".repeat(242));
-        let long_system = format!("t@{}=x", "s".repeat(15));
-        let invalid: Vec<Vec<String>> = vec![
-            vec!["A=1".into()],
-            vec!["1a=1".into()],
-            vec!["a=1,a=2".into()],
-            vec!["a=1".into(), "a=2".into()],
-            vec!["a=b=c".into()],
-            vec!["a=".into()],
-            vec!["=1".into()],
-            vec!["novalue".into()],
-            vec!["a=x,y".into()],
-            vec!["a=tab\tinside".into()],
-            vec!["t@Sys=x".into()],
-            vec!["t@1s=x".into()],
-            vec![long_key],
-            vec![long_value],
-            vec![long_tenant],
-            vec![long_system],
-            vec!["x".repeat(MAX_TRACESTATE_LEN + 1)],
-        ];
-        for values in invalid {
-            let refs: Vec<&str> = values.iter().map(String::as_str).collect();
-            assert!(parse_tracestate(&refs).is_none(), "{values:?} is invalid");
+    /// A carrier that can repeat keys, as HTTP, gRPC metadata and Kafka headers can.
+    #[derive(Debug)]
+    struct Multi(Vec<(String, String)>);
+
+    impl Multi {
+        fn new(headers: &[(&str, &str)]) -> Self {
+            Self(
+                headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
         }
     }
 
-    #[test]
-    fn a_member_the_sdk_cannot_hold_is_still_sent_on() {
-        let list = "a=1,t@abcdefghijklmn=x,b=2";
-        assert!(is_valid_key("t@abcdefghijklmn"), "valid by the grammar");
-        // The SDK's TraceState cannot hold the 14-character system-id...
-        assert_eq!(parse_tracestate(&[list]).unwrap().header(), "a=1,b=2");
-        // ...but the propagator forwards the whole list, to a child span of the same trace.
+    impl Extractor for Multi {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+        }
+        fn keys(&self) -> Vec<&str> {
+            self.0.iter().map(|(k, _)| k.as_str()).collect()
+        }
+        fn get_all(&self, key: &str) -> Option<Vec<&str>> {
+            let all: Vec<&str> = self
+                .0
+                .iter()
+                .filter(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+                .collect();
+            (!all.is_empty()).then_some(all)
+        }
+    }
+
+    /// One hop through this service: `tracestate` headers arrive with a valid parent, a
+    /// child span context is made the way the SDK makes one (new span id, the parent's
+    /// `TraceState`), and its context is injected. Returns the `tracestate` sent on and what
+    /// the SDK's `TraceState` held.
+    fn hop(tracestates: &[&str]) -> (String, String) {
+        let parent = tp("00", TRACE, SPAN, "01");
+        let mut headers = vec![("traceparent", parent.as_str())];
+        headers.extend(tracestates.iter().map(|v| ("tracestate", *v)));
         let propagator = TraceContextPropagator::default();
-        let inbound = HashMap::from([
-            ("traceparent".to_owned(), tp("00", TRACE, SPAN, "01")),
-            ("tracestate".to_owned(), list.to_owned()),
-        ]);
-        let cx = propagator.extract(&inbound);
+        let cx = propagator.extract(&Multi::new(&headers));
+        let held = cx.span().span_context().trace_state().clone();
         let child = SpanContext::new(
             TraceId::from_hex(TRACE).unwrap(),
             SpanId::from_hex("1111111111111111").unwrap(),
             TraceFlags::SAMPLED,
             false,
-            cx.span().span_context().trace_state().clone(),
+            held.clone(),
         );
         let mut out = HashMap::new();
         propagator.inject_context(&cx.with_remote_span_context(child), &mut out);
-        assert_eq!(out["tracestate"], list);
+        (out.remove("tracestate").unwrap_or_default(), held.header())
+    }
+
+    #[test]
+    fn tracestate_table() {
+        let key_256 = format!("a{}", "b".repeat(255));
+        let at_256th = format!("{}@", "a".repeat(255));
+        let tenant_15 = format!("t@{}", "s".repeat(15));
+        let tenant_241_system_14 = format!("{}@{}", "t".repeat(241), "v".repeat(14));
+        let tenant_242 = format!("{}@v", "t".repeat(242));
+        // Headers in; the list sent on; what the SDK's `TraceState` holds of it (its key
+        // check predates the current grammar: at most one `@`, and after it at most 13
+        // characters, the first a letter or digit).
+        let valid: Vec<(Vec<String>, String, String)> = [
+            (vec!["a=1"], "a=1", "a=1"),
+            (vec!["a=1,b=2"], "a=1,b=2", "a=1,b=2"),
+            // Several headers are one list, in order.
+            (vec!["a=1", "b=2,c=3"], "a=1,b=2,c=3", "a=1,b=2,c=3"),
+            // Empty members and optional whitespace.
+            (vec![" a=1 ,, \tb=2 "], "a=1,b=2", "a=1,b=2"),
+            (
+                vec!["a=with inner spaces"],
+                "a=with inner spaces",
+                "a=with inner spaces",
+            ),
+            (
+                vec!["k*/_-=~!\"#$%&'()*+-./:;<>?@[]^_`{|}"],
+                "k*/_-=~!\"#$%&'()*+-./:;<>?@[]^_`{|}",
+                "k*/_-=~!\"#$%&'()*+-./:;<>?@[]^_`{|}",
+            ),
+            (vec![""], "", ""),
+            // A key may start with a digit, whether or not it has an `@`.
+            (vec!["1a=1"], "1a=1", "1a=1"),
+            (vec!["1tenant@sys=x"], "1tenant@sys=x", "1tenant@sys=x"),
+            (vec!["t@1s=x"], "t@1s=x", "t@1s=x"),
+            // `@` anywhere after the first character, as often as the sender likes.
+            (vec!["foo@=1,bar=2"], "foo@=1,bar=2", "foo@=1,bar=2"),
+            (vec!["foo@@bar=1,bar=2"], "foo@@bar=1,bar=2", "bar=2"),
+            (vec!["foo@bar@baz=1,bar=2"], "foo@bar@baz=1,bar=2", "bar=2"),
+            (vec!["a=1,t@-x=2"], "a=1,t@-x=2", "a=1"),
+            // Duplicate keys are kept as they came, in one header or across several.
+            (vec!["foo=1,foo=1"], "foo=1,foo=1", "foo=1,foo=1"),
+            (vec!["foo=1,foo=2"], "foo=1,foo=2", "foo=1,foo=2"),
+            (vec!["foo=1", "foo=1"], "foo=1,foo=1", "foo=1,foo=1"),
+            (vec!["foo=1", "foo=2"], "foo=1,foo=2", "foo=1,foo=2"),
+        ]
+        .into_iter()
+        .map(|(values, sent, held)| {
+            (
+                values.into_iter().map(str::to_owned).collect(),
+                sent.to_owned(),
+                held.to_owned(),
+            )
+        })
+        .chain(
+            // Up to 256 characters, wherever the `@` falls.
+            [
+                (key_256.as_str(), true),
+                (at_256th.as_str(), true),
+                (tenant_242.as_str(), true),
+                ("t@abcdefghijklm", true),
+                ("t@abcdefghijklmn", false),
+                (tenant_15.as_str(), false),
+                (tenant_241_system_14.as_str(), false),
+            ]
+            .into_iter()
+            .map(|(key, sdk_holds)| {
+                let list = format!("a=1,{key}=x,b=2");
+                let held = if sdk_holds {
+                    list.clone()
+                } else {
+                    "a=1,b=2".to_owned()
+                };
+                (vec![list.clone()], list, held)
+            }),
+        )
+        .collect();
+        for (values, sent, held) in valid {
+            let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+            let state = parse_tracestate(&refs).unwrap_or_else(|| panic!("{values:?} is valid"));
+            assert_eq!(state.header(), held, "{values:?}: the SDK's TraceState");
+            assert_eq!(hop(&refs), (sent, held), "{values:?}: sent on, held");
+        }
+        let long_value = format!("a={}", "v".repeat(257));
+        let invalid: Vec<Vec<String>> = [
+            vec!["A=1"],
+            vec!["FOO=1"],
+            vec!["foo =1"],
+            vec!["foo.bar=1"],
+            vec!["t@Sys=x"],
+            // A key starts with a letter or a digit, never `@`.
+            vec!["@foo=1,bar=2"],
+            vec!["@=1"],
+            vec!["a=b=c"],
+            vec!["a="],
+            vec!["=1"],
+            vec!["novalue"],
+            vec!["a=x,y"],
+            vec!["a=tab\tinside"],
+            // One bad member takes the list with it, in whichever header it is.
+            vec!["a=1", "B=2"],
+        ]
+        .into_iter()
+        .map(|values| values.into_iter().map(str::to_owned).collect())
+        .chain([
+            // 257 characters, with or without an `@`.
+            vec![format!("a{}=1", "b".repeat(256))],
+            vec![format!("{}@{}=1", "t".repeat(242), "v".repeat(14))],
+            vec![long_value],
+            vec!["x".repeat(MAX_TRACESTATE_LEN + 1)],
+        ])
+        .collect();
+        for values in invalid {
+            let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+            assert!(parse_tracestate(&refs).is_none(), "{values:?} is invalid");
+            assert_eq!(hop(&refs), (String::new(), String::new()), "{values:?}");
+        }
     }
 
     #[test]
@@ -423,39 +514,14 @@ mod tests {
             thirty_two
         );
         assert!(parse_tracestate(&[&members(33)]).is_none());
+        // A duplicated key is a member like any other.
+        let same = |n: usize| vec!["k=v"; n].join(",");
+        assert_eq!(hop(&[&same(32)]).0, same(32));
+        assert!(parse_tracestate(&[&same(32), "k=v"]).is_none());
     }
 
     fn extract(headers: &[(&str, &str)]) -> Option<SpanContext> {
-        // A carrier that can repeat keys.
-        #[derive(Debug)]
-        struct Multi(Vec<(String, String)>);
-        impl Extractor for Multi {
-            fn get(&self, key: &str) -> Option<&str> {
-                self.0
-                    .iter()
-                    .find(|(k, _)| k == key)
-                    .map(|(_, v)| v.as_str())
-            }
-            fn keys(&self) -> Vec<&str> {
-                self.0.iter().map(|(k, _)| k.as_str()).collect()
-            }
-            fn get_all(&self, key: &str) -> Option<Vec<&str>> {
-                let all: Vec<&str> = self
-                    .0
-                    .iter()
-                    .filter(|(k, _)| k == key)
-                    .map(|(_, v)| v.as_str())
-                    .collect();
-                (!all.is_empty()).then_some(all)
-            }
-        }
-        let carrier = Multi(
-            headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        );
-        let cx = TraceContextPropagator::default().extract(&carrier);
+        let cx = TraceContextPropagator::default().extract(&Multi::new(headers));
         let span = cx.span();
         let sc = span.span_context();
         sc.is_valid().then(|| sc.clone())
