@@ -552,10 +552,22 @@ fn every_order_makes_one_complete_trace_in_jaeger_and_no_span_is_lost() {
     let expected_per_trace: usize = expected_spans(&topic).values().sum();
     let mut stored_for_orders = 0;
     for order in &orders {
-        let spans = wait_for(&format!("trace {} in Jaeger", order.trace_id), WAIT, || {
+        let deadline = Instant::now() + WAIT;
+        let spans = loop {
             let spans = runtime.block_on(fetch_trace(&http, &stack.jaeger, &order.trace_id));
-            (spans.len() >= expected_per_trace).then_some(spans)
-        });
+            if spans.len() >= expected_per_trace {
+                break spans;
+            }
+            // Say what is there and what is missing, not only that the wait ran out.
+            assert!(
+                Instant::now() < deadline,
+                "trace {} (order {}) incomplete in Jaeger after {WAIT:?}: {:?}",
+                order.trace_id,
+                order.id,
+                shape(&spans)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        };
         check_trace(order, &spans, &topic);
         stored_for_orders += spans.len();
     }
