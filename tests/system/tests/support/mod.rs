@@ -86,15 +86,14 @@ impl Stack {
         );
 
         let mut worker = Service::new("worker");
-        let config = worker::Config {
-            bootstrap_servers: bootstrap,
-            topic: TOPIC.into(),
-            group_id: GROUP.into(),
-            order_service: proto::client::ClientConfig::for_url(format!(
-                "http://{order_service_addr}"
-            )),
-            health_addr: "127.0.0.1:0".parse().unwrap(),
-        };
+        // The defaults, then what this stack needs (new settings need no change here).
+        let mut config = worker::Config::from_env(&|_: &str| None).unwrap();
+        config.bootstrap_servers = bootstrap;
+        config.topic = TOPIC.into();
+        config.group_id = GROUP.into();
+        config.order_service =
+            proto::client::ClientConfig::for_url(format!("http://{order_service_addr}"));
+        config.health_addr = "127.0.0.1:0".parse().unwrap();
         let app = worker
             .runtime
             .block_on(worker::Application::build(config))

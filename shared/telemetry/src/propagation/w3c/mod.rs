@@ -24,7 +24,8 @@ pub(crate) fn trim_ows(value: &str) -> &str {
 
 /// The same cases through each transport's carrier, with the process-wide propagator: what
 /// the SDK's `TraceState` holds after extraction, and what a child span sends on.
-#[cfg(all(test, feature = "http", feature = "grpc", feature = "kafka"))]
+#[cfg(test)]
+#[cfg(all(feature = "http", feature = "grpc", feature = "kafka"))]
 mod transport_tests {
     use opentelemetry::Context;
     use opentelemetry::baggage::BaggageExt;
