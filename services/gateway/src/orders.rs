@@ -5,7 +5,7 @@
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use proto::client::OrderClient;
 use proto::order::v1::{CreateOrderRequest, GetOrderRequest, OrderItem, OrderStatus};
@@ -23,28 +23,83 @@ pub struct NewOrder {
     pub items: Vec<OrderItem>,
 }
 
+/// Makes `POST /api/orders` safe to retry: the same key with the same order answers
+/// with the order the first attempt created (IETF draft "The Idempotency-Key HTTP
+/// Header Field").
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Set on an answer that replays an earlier one.
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
 pub async fn create(
     State(client): State<OrderClient>,
+    headers: HeaderMap,
     body: Result<Json<NewOrder>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let Json(order) = body?;
     validate_new_order(&order.customer_id, &order.items).map_err(ApiError::validation)?;
+    let idempotency_key = idempotency_key(&headers)?;
 
     let request = CreateOrderRequest {
         customer_id: order.customer_id,
         items: order.items,
+        idempotency_key,
     };
-    let created = client.clone().create_order(request).await?.into_inner();
-    let location = format!("/api/orders/{}", created.order_id);
+    let created = client
+        .clone()
+        .create_order(request)
+        .await
+        .map_err(|status| match status.code() {
+            tonic::Code::AlreadyExists => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "this Idempotency-Key was used for a different order",
+            ),
+            _ => ApiError::from(status),
+        })?
+        .into_inner();
+    let mut response_headers = HeaderMap::new();
+    if let Ok(location) = format!("/api/orders/{}", created.order_id).parse() {
+        response_headers.insert(header::LOCATION, location);
+    }
+    if created.replayed {
+        response_headers.insert(
+            IDEMPOTENT_REPLAYED,
+            header::HeaderValue::from_static("true"),
+        );
+    }
     Ok((
         StatusCode::CREATED,
-        [(header::LOCATION, location)],
+        response_headers,
         Json(json!({
             "order_id": created.order_id,
             "status": status_name(created.status()),
-            "trace_id": telemetry::current_trace_id(),
+            // The trace of the request that created the order (on a replay, the first one).
+            "trace_id": created.trace_id,
         })),
     ))
+}
+
+/// The `Idempotency-Key` header, if any: 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
+    let invalid = || {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1 to 255 visible ASCII characters, sent once",
+        )
+    };
+    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(value) = values.next() else {
+        return Ok(String::new());
+    };
+    if values.next().is_some() {
+        return Err(invalid());
+    }
+    let key = value.to_str().map_err(|_| invalid())?;
+    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid());
+    }
+    Ok(key.to_owned())
 }
 
 pub async fn get(

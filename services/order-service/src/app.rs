@@ -78,6 +78,7 @@ impl Application {
             self.publisher.clone(),
             shutdown.clone(),
         ));
+        tasks.spawn(forget_expired_keys(self.store.clone(), shutdown.clone()));
         let outbox = Outbox::default();
         tasks.spawn(
             Relay::new(
@@ -107,5 +108,21 @@ impl Application {
             .context("flushing Kafka producer")?;
         tracing::info!("order-service stopped");
         Ok(())
+    }
+}
+
+/// Forgets idempotency keys past their time, hourly (untraced housekeeping).
+async fn forget_expired_keys(store: Store, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(std::time::Duration::from_secs(60 * 60));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        match store.forget_expired_keys().await {
+            Ok(0) => {}
+            Ok(forgotten) => tracing::info!(forgotten, "expired idempotency keys forgotten"),
+            Err(error) => tracing::warn!(%error, "cannot forget expired idempotency keys"),
+        }
     }
 }

@@ -11,6 +11,7 @@
 //! - `config.rs`: settings from the environment.
 //! - `app.rs`: build (bind, open, connect) and run until shutdown.
 //! - `orders.rs`: the gRPC API. `store.rs`: SQLite.
+//! - `idempotency.rs`: one order per `Idempotency-Key`.
 //! - `outbox.rs`: the transactional outbox: entry, relay, marking, reconciliation.
 //! - `events.rs`: the Kafka producer and topic.
 //! - `health.rs`: readiness over the gRPC health service and HTTP.
@@ -19,6 +20,7 @@ mod app;
 pub mod config;
 mod events;
 mod health;
+mod idempotency;
 mod orders;
 pub mod outbox;
 mod store;

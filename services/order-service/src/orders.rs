@@ -10,8 +10,12 @@ use proto::order::v1::{
 use proto::validation::validate_new_order;
 use tonic::{Request, Response, Status};
 
+use crate::idempotency::Claim;
 use crate::outbox::{NewEntry, Outbox};
-use crate::store::{Store, StoreError};
+use crate::store::{Created, Store, StoreError};
+
+/// Longest accepted `idempotency_key`.
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
 #[derive(Debug, Clone)]
 pub struct OrderApi {
@@ -38,6 +42,8 @@ impl OrderService for OrderApi {
         validate_new_order(&request.customer_id, &request.items)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
 
+        let claim = idempotency_claim(&request)?;
+
         let mut order = Order {
             order_id: uuid::Uuid::new_v4().to_string(),
             customer_id: request.customer_id,
@@ -45,17 +51,35 @@ impl OrderService for OrderApi {
             ..Order::default()
         };
         order.set_status(OrderStatus::Pending);
+        let trace_id = telemetry::current_trace_id().unwrap_or_default();
         let event = NewEntry::capture(&order);
-        self.store
-            .create(order.clone(), event)
+        let created = self
+            .store
+            .create(order.clone(), event, claim.map(|c| (c, trace_id.clone())))
             .await
             .map_err(storage_error)?;
-        self.outbox.wake();
-        tracing::info!(order_id = %order.order_id, "order created");
-        Ok(Response::new(CreateOrderResponse {
-            order_id: order.order_id,
-            status: OrderStatus::Pending.into(),
-        }))
+        let response = match created {
+            Created::New => {
+                self.outbox.wake();
+                tracing::info!(order_id = %order.order_id, "order created");
+                CreateOrderResponse {
+                    order_id: order.order_id,
+                    status: OrderStatus::Pending.into(),
+                    trace_id,
+                    replayed: false,
+                }
+            }
+            Created::Replayed { order_id, trace_id } => {
+                tracing::info!(%order_id, "idempotency key matched an earlier order; answering with it");
+                CreateOrderResponse {
+                    order_id,
+                    status: OrderStatus::Pending.into(),
+                    trace_id,
+                    replayed: true,
+                }
+            }
+        };
+        Ok(Response::new(response))
     }
 
     async fn get_order(
@@ -99,6 +123,24 @@ impl OrderService for OrderApi {
     }
 }
 
+/// The request's idempotency claim, if it has a key: 1 to 255 visible ASCII characters.
+fn idempotency_claim(request: &CreateOrderRequest) -> Result<Option<Claim>, Status> {
+    let key = &request.idempotency_key;
+    if key.is_empty() {
+        return Ok(None);
+    }
+    if key.len() > MAX_IDEMPOTENCY_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Status::invalid_argument(format!(
+            "idempotency_key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"
+        )));
+    }
+    Ok(Some(Claim::new(
+        key.clone(),
+        &request.customer_id,
+        &request.items,
+    )))
+}
+
 fn parse_order_id(raw: &str) -> Result<String, Status> {
     uuid::Uuid::parse_str(raw)
         .map(|id| id.to_string())
@@ -112,6 +154,7 @@ fn storage_error(error: StoreError) -> Status {
         StoreError::Conflict { id, current } => {
             Status::failed_precondition(format!("order {id} is already {}", current.as_str_name()))
         }
+        StoreError::KeyReused(_) => Status::already_exists(error.to_string()),
         StoreError::Database(_) | StoreError::Task(_) => {
             tracing::error!(error = %error, source = ?std::error::Error::source(&error), "storage failure");
             Status::unavailable("order storage is unavailable")

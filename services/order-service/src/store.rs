@@ -15,6 +15,7 @@ use proto::order::v1::{Order, OrderItem, OrderStatus};
 use rusqlite::{Connection, OptionalExtension, params};
 use telemetry::span::{db_client, mark_error};
 
+use crate::idempotency::{self, Claim, Earlier};
 use crate::outbox::{self, NewEntry};
 
 #[derive(Debug, thiserror::Error)]
@@ -23,10 +24,21 @@ pub enum StoreError {
     NotFound(String),
     #[error("order {id} is already {}", current.as_str_name())]
     Conflict { id: String, current: OrderStatus },
+    #[error("idempotency key {0:?} was used for a different order")]
+    KeyReused(String),
     #[error("database error")]
     Database(#[from] rusqlite::Error),
     #[error("database task failed: {0}")]
     Task(String),
+}
+
+/// What [`Store::create`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// Stored this order and its event.
+    New,
+    /// Stored nothing: the idempotency key stands for this earlier order.
+    Replayed { order_id: String, trace_id: String },
 }
 
 #[derive(Debug, Clone)]
@@ -55,6 +67,7 @@ impl Store {
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
         connection.execute_batch(SCHEMA)?;
         connection.execute_batch(outbox::SCHEMA)?;
+        connection.execute_batch(idempotency::SCHEMA)?;
         Ok(Self {
             connection: Arc::new(Mutex::new(connection)),
         })
@@ -109,10 +122,28 @@ impl Store {
         .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
-    /// Stores a new order and its outbox entry in one transaction: both or neither.
-    pub async fn create(&self, order: Order, event: NewEntry) -> Result<(), StoreError> {
+    /// Stores a new order and its outbox entry in one transaction: both or neither. With
+    /// an idempotency `claim`, the key is checked and recorded in the same transaction,
+    /// so a retried request finds the order its first attempt stored.
+    pub async fn create(
+        &self,
+        order: Order,
+        event: NewEntry,
+        claim: Option<(Claim, String)>,
+    ) -> Result<Created, StoreError> {
         self.run("INSERT", "orders", move |c| {
             let tx = c.unchecked_transaction()?;
+            if let Some((claim, trace_id)) = &claim {
+                match idempotency::find(&tx, claim)? {
+                    Earlier::None => idempotency::record(&tx, claim, &order.order_id, trace_id)?,
+                    Earlier::SameOrder { order_id, trace_id } => {
+                        return Ok(Created::Replayed { order_id, trace_id });
+                    }
+                    Earlier::DifferentOrder => {
+                        return Err(StoreError::KeyReused(claim.key().to_owned()));
+                    }
+                }
+            }
             tx.execute(
                 "INSERT INTO orders (id, customer_id, items, status, created_at_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -126,9 +157,15 @@ impl Store {
             )?;
             outbox::insert(&tx, &event)?;
             tx.commit()?;
-            Ok(())
+            Ok(Created::New)
         })
         .await
+    }
+
+    /// Forgets idempotency keys past their time; returns how many.
+    pub async fn forget_expired_keys(&self) -> Result<usize, StoreError> {
+        self.run_untraced(|c| Ok(idempotency::forget_expired(c)?))
+            .await
     }
 
     pub async fn get(&self, id: String) -> Result<Order, StoreError> {
@@ -249,6 +286,7 @@ pub(crate) mod tests {
             .create(
                 order("o-1"),
                 NewEntry::order_created(&order("o-1"), "traceparent: x".into()),
+                None,
             )
             .await
             .unwrap();
@@ -286,6 +324,7 @@ pub(crate) mod tests {
             .create(
                 first.clone(),
                 NewEntry::order_created(&first, String::new()),
+                None,
             )
             .await
             .unwrap();
@@ -294,11 +333,51 @@ pub(crate) mod tests {
             .create(
                 first.clone(),
                 NewEntry::order_created(&first, String::new()),
+                None,
             )
             .await
             .unwrap_err();
         assert!(matches!(error, StoreError::Database(_)));
         assert_eq!(outbox::tests::pending_count(&store).await, 1);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn one_key_creates_one_order_and_refuses_another_order() {
+        let (store, dir) = temp_store();
+        let claim = |o: &Order| {
+            let claim = Claim::new("k-1".into(), &o.customer_id, &o.items);
+            Some((claim, "t-1".to_owned()))
+        };
+        let entry = |o: &Order| NewEntry::order_created(o, String::new());
+        let first = order("o-1");
+        let created = store.create(first.clone(), entry(&first), claim(&first));
+        assert_eq!(created.await.unwrap(), Created::New);
+        // A retry: a new order id, the same request. Nothing new is stored.
+        let retry = order("o-2");
+        let replayed = store.create(retry.clone(), entry(&retry), claim(&retry));
+        assert_eq!(
+            replayed.await.unwrap(),
+            Created::Replayed {
+                order_id: "o-1".into(),
+                trace_id: "t-1".into()
+            }
+        );
+        assert!(matches!(
+            store.get("o-2".into()).await.unwrap_err(),
+            StoreError::NotFound(_)
+        ));
+        assert_eq!(outbox::tests::pending_count(&store).await, 1);
+        // The same key for another order is refused.
+        let mut other = order("o-3");
+        other.items[0].quantity = 3;
+        let refused = store.create(other.clone(), entry(&other), claim(&other));
+        assert!(matches!(
+            refused.await.unwrap_err(),
+            StoreError::KeyReused(key) if key == "k-1"
+        ));
+        // Young keys are kept.
+        assert_eq!(store.forget_expired_keys().await.unwrap(), 0);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -14,68 +14,12 @@ use opentelemetry_sdk::trace::SpanData;
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use serde_json::{Value, json};
+use serde_json::json;
+use support::client::Client;
 use support::spans::{assert_child, attr_i64, attr_str, id, is_error, of_trace, one};
 use support::{Stack, TOPIC, wait_for};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// A blocking HTTP client on a runtime of its own (not one of the services').
-struct Client {
-    runtime: tokio::runtime::Runtime,
-    http: reqwest::Client,
-}
-
-impl Client {
-    fn new() -> Self {
-        Self {
-            runtime: tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap(),
-            http: reqwest::Client::new(),
-        }
-    }
-
-    fn send(&self, request: reqwest::RequestBuilder) -> (u16, reqwest::header::HeaderMap, Value) {
-        self.runtime.block_on(async {
-            let response = request.send().await.expect("request sent");
-            let status = response.status().as_u16();
-            let headers = response.headers().clone();
-            let body = response.json::<Value>().await.unwrap_or(Value::Null);
-            (status, headers, body)
-        })
-    }
-
-    fn place_order(
-        &self,
-        stack: &Stack,
-        traceparent: Option<&str>,
-    ) -> (String, TraceId, reqwest::header::HeaderMap) {
-        let mut request = self.http.post(stack.url("/api/orders")).json(
-            &json!({"customer_id": "customer-1", "items": [{"sku": "SKU-1", "quantity": 2}]}),
-        );
-        if let Some(traceparent) = traceparent {
-            request = request.header("traceparent", traceparent);
-        }
-        let (status, headers, body) = self.send(request);
-        assert_eq!(status, 201, "{body}");
-        assert_eq!(body["status"], "PENDING");
-        let order_id = body["order_id"].as_str().expect("order_id").to_owned();
-        let trace_id =
-            TraceId::from_hex(body["trace_id"].as_str().expect("trace_id")).expect("hex");
-        (order_id, trace_id, headers)
-    }
-
-    fn wait_for_status(&self, stack: &Stack, order_id: &str) -> Value {
-        wait_for("the order to reach a final status", WAIT, || {
-            let (status, _, body) =
-                self.send(self.http.get(stack.url(&format!("/api/orders/{order_id}"))));
-            assert_eq!(status, 200, "{body}");
-            (body["status"] != "PENDING").then_some(body)
-        })
-    }
-}
 
 /// Waits until the worker has finished its consumer span for `trace_id`: the last span
 /// of the trace to end.
@@ -317,6 +261,7 @@ fn unknown_orders_are_404_and_bad_orders_are_400_at_both_layers() {
         grpc.create_order(proto::order::v1::CreateOrderRequest {
             customer_id: "c".into(),
             items: vec![],
+            ..Default::default()
         })
         .await
         .unwrap_err()
