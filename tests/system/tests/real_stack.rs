@@ -12,199 +12,18 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 use support::jaeger::{StoredSpan, parse};
-use support::wait_for;
+use support::native::{
+    Order, Services, StackEnv, WAIT, fetch_trace, place_order, wait_until_final,
+};
 
 const SEQUENTIAL_ORDERS: usize = 20;
 const BURST_ORDERS: usize = 200;
-const WAIT: Duration = Duration::from_secs(120);
 /// The exporter in otel-collector.yaml that sends to Jaeger.
 const JAEGER_EXPORTER: &str = r#"exporter="otlp_grpc/jaeger""#;
-
-/// Where the native stack listens; `scripts/test` exports these.
-struct StackEnv {
-    kafka: String,
-    collector_grpc: String,
-    collector_http: String,
-    collector_metrics: String,
-    jaeger: String,
-}
-
-impl StackEnv {
-    fn from_env() -> Self {
-        let port = |var: &str| {
-            std::env::var(var).unwrap_or_else(|_| {
-                panic!("{var} is not set: run this test through scripts/test, which starts the native stack")
-            })
-        };
-        Self {
-            kafka: format!("127.0.0.1:{}", port("STACK_KAFKA_PORT")),
-            collector_grpc: format!("http://127.0.0.1:{}", port("STACK_COLLECTOR_GRPC_PORT")),
-            collector_http: format!("http://127.0.0.1:{}", port("STACK_COLLECTOR_HTTP_PORT")),
-            collector_metrics: format!(
-                "http://127.0.0.1:{}/metrics",
-                port("STACK_COLLECTOR_METRICS_PORT")
-            ),
-            jaeger: format!("http://127.0.0.1:{}", port("STACK_JAEGER_QUERY_PORT")),
-        }
-    }
-}
-
-/// A service binary running as a child process, its stderr in a log file.
-struct ServiceProcess {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
-}
-
-impl ServiceProcess {
-    fn start(name: &'static str, dir: &Path, env: &[(&str, String)]) -> Self {
-        // The binaries `cargo build` made: SERVICE_BIN_DIR, else the target directory's debug/.
-        let bin_dir = std::env::var("SERVICE_BIN_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| {
-                std::env::var("CARGO_TARGET_DIR")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
-                    .join("debug")
-            });
-        let log = dir.join(format!("{name}.log"));
-        let child = Command::new(bin_dir.join(name))
-            // Only what a container would get: the environment below.
-            .env_clear()
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name} from {}: {e}", bin_dir.display()));
-        Self { name, child, log }
-    }
-
-    /// SIGTERM, as `docker stop` sends; the service must exit 0 after flushing.
-    /// Returns the number of spans it recorded.
-    fn stop(mut self) -> u64 {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let exit = loop {
-            if let Some(exit) = self.child.try_wait().unwrap() {
-                break exit;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not stop after SIGTERM:\n{}",
-                self.name,
-                self.log_tail()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        assert!(
-            exit.success(),
-            "{} exited with {exit}:\n{}",
-            self.name,
-            self.log_tail()
-        );
-        let log = std::fs::read_to_string(&self.log).unwrap();
-        let recorded = log
-            .lines()
-            .rev()
-            .find_map(|line| line.split("spans_recorded=").nth(1))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse().ok());
-        recorded.unwrap_or_else(|| {
-            panic!(
-                "{} did not report spans_recorded:\n{}",
-                self.name,
-                self.log_tail()
-            )
-        })
-    }
-
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
-
-struct Order {
-    id: String,
-    trace_id: String,
-    /// The caller's span id, when the request carried a `traceparent`.
-    caller_span_id: Option<String>,
-}
-
-fn unique() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
-}
-
-async fn place_order(http: &reqwest::Client, gateway: &str, n: usize) -> Order {
-    let mut request = http.post(format!("{gateway}/api/orders")).json(&json!({
-        "customer_id": format!("customer-{n}"),
-        "items": [{"sku": format!("SKU-{}", n % 7), "quantity": 1 + (n % 3) as i64}],
-    }));
-    // A third continue a caller's trace, a third carry baggage, some both.
-    let mut caller_span_id = None;
-    let mut sent_trace_id = None;
-    if n.is_multiple_of(3) || n.is_multiple_of(5) {
-        let trace_id = format!("{:032x}", unique() ^ ((n as u128) << 64));
-        let span_id = format!("{:016x}", 0x1000 + n as u64);
-        request = request.header("traceparent", format!("00-{trace_id}-{span_id}-01"));
-        caller_span_id = Some(span_id);
-        sent_trace_id = Some(trace_id);
-    }
-    if n % 3 == 1 || n.is_multiple_of(5) {
-        request = request.header("baggage", format!("tenant=acme,session=s{n}"));
-    }
-    let response = request.send().await.expect("gateway answers");
-    assert_eq!(response.status(), 201);
-    let body: Value = response.json().await.unwrap();
-    let trace_id = body["trace_id"].as_str().unwrap().to_owned();
-    if let Some(sent) = sent_trace_id {
-        assert_eq!(trace_id, sent, "the gateway continued the caller's trace");
-    }
-    Order {
-        id: body["order_id"].as_str().unwrap().to_owned(),
-        trace_id,
-        caller_span_id,
-    }
-}
-
-async fn wait_until_final(http: &reqwest::Client, gateway: &str, order: &Order) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let body: Value = http
-            .get(format!("{gateway}/api/orders/{}", order.id))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let status = body["status"].as_str().unwrap_or_default().to_owned();
-        if status != "PENDING" {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "order {} still PENDING",
-            order.id
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 /// The spans every order's trace must hold: (service, name, kind) → count.
 fn expected_spans(topic: &str) -> BTreeMap<(String, String, String), usize> {
@@ -385,18 +204,6 @@ fn check_trace(order: &Order, spans: &[StoredSpan], topic: &str) {
     }
 }
 
-async fn fetch_trace(http: &reqwest::Client, jaeger: &str, trace_id: &str) -> Vec<StoredSpan> {
-    let response = http
-        .get(format!("{jaeger}/api/v3/traces/{trace_id}"))
-        .send()
-        .await
-        .unwrap();
-    if !response.status().is_success() {
-        return Vec::new();
-    }
-    parse(&response.json().await.unwrap())
-}
-
 /// Sums a counter from the Collector's Prometheus metrics over the label sets that
 /// contain `label` (`""` for all).
 fn metric_sum(metrics: &str, name: &str, label: &str) -> f64 {
@@ -434,81 +241,15 @@ fn rfc3339(time: SystemTime) -> String {
 #[ignore = "needs the native stack: run scripts/test"]
 fn every_order_makes_one_complete_trace_in_jaeger_and_no_span_is_lost() {
     let stack = StackEnv::from_env();
-    let dir = std::env::temp_dir().join(format!("real-stack-{}", unique()));
-    std::fs::create_dir_all(&dir).unwrap();
-    // A topic and group of its own, so runs never see each other's events.
-    let run = unique() % 1_000_000_000;
-    let topic = format!("orders-e2e-{run}");
-    let ports = support::free_ports(4);
-    let (gateway_addr, orders_addr, worker_health, orders_health) = (
-        format!("127.0.0.1:{}", ports[0]),
-        format!("127.0.0.1:{}", ports[1]),
-        format!("127.0.0.1:{}", ports[2]),
-        format!("127.0.0.1:{}", ports[3]),
-    );
-
-    let telemetry = |protocol: &str, endpoint: &str| {
-        vec![
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.to_owned()),
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.to_owned()),
-            ("OTEL_BSP_SCHEDULE_DELAY", "200".to_owned()),
-            (
-                "OTEL_RESOURCE_ATTRIBUTES",
-                "deployment.environment.name=e2e".to_owned(),
-            ),
-        ]
-    };
-    // The order-service exports over OTLP/gRPC, the others over OTLP/HTTP: both paths
-    // into the real Collector are exercised.
-    let mut order_env = telemetry("grpc", &stack.collector_grpc);
-    order_env.extend([
-        ("LISTEN_ADDR", orders_addr.clone()),
-        ("HEALTH_ADDR", orders_health.clone()),
-        ("DATABASE_PATH", dir.join("orders.db").display().to_string()),
-        ("KAFKA_BOOTSTRAP_SERVERS", stack.kafka.clone()),
-        ("KAFKA_TOPIC", topic.clone()),
-    ]);
-    let mut worker_env = telemetry("http/protobuf", &stack.collector_http);
-    worker_env.extend([
-        ("HEALTH_ADDR", worker_health.clone()),
-        ("KAFKA_BOOTSTRAP_SERVERS", stack.kafka.clone()),
-        ("KAFKA_TOPIC", topic.clone()),
-        ("KAFKA_GROUP_ID", format!("worker-e2e-{run}")),
-        ("ORDER_SERVICE_URL", format!("http://{orders_addr}")),
-    ]);
-    let mut gateway_env = telemetry("http/protobuf", &stack.collector_http);
-    gateway_env.extend([
-        ("LISTEN_ADDR", gateway_addr.clone()),
-        ("ORDER_SERVICE_URL", format!("http://{orders_addr}")),
-    ]);
-
-    let run_started = SystemTime::now();
-    let order_service = ServiceProcess::start("order-service", &dir, &order_env);
-    let worker = ServiceProcess::start("worker", &dir, &worker_env);
-    let gateway = ServiceProcess::start("gateway", &dir, &gateway_env);
-    let gateway_url = format!("http://{gateway_addr}");
-
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     let http = reqwest::Client::new();
-    let ready = |url: String| {
-        let http = http.clone();
-        wait_for(
-            &format!("{url} to answer 200"),
-            Duration::from_secs(60),
-            || {
-                runtime
-                    .block_on(http.get(&url).send())
-                    .ok()
-                    .filter(|r| r.status() == 200)
-            },
-        )
-    };
-    ready(format!("http://{orders_health}/health/ready"));
-    ready(format!("{gateway_url}/health/ready"));
-    ready(format!("http://{worker_health}/health/ready"));
+    let run_started = SystemTime::now();
+    let services = Services::start(&stack, "e2e", &runtime);
+    let (gateway_url, topic) = (services.gateway_url.clone(), services.topic.clone());
+    let dir = services.dir.clone();
 
     let orders: Vec<Order> = runtime.block_on(async {
         let mut orders = Vec::new();
@@ -543,10 +284,7 @@ fn every_order_makes_one_complete_trace_in_jaeger_and_no_span_is_lost() {
     assert_eq!(orders.len(), SEQUENTIAL_ORDERS + BURST_ORDERS);
 
     // Graceful stop, intake first: every service flushes and reports what it recorded.
-    let recorded: u64 = [gateway, worker, order_service]
-        .into_iter()
-        .map(ServiceProcess::stop)
-        .sum();
+    let recorded = services.stop();
 
     // Every order: one complete trace, as Jaeger stored it.
     let expected_per_trace: usize = expected_spans(&topic).values().sum();

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod jaeger;
+pub mod native;
 pub mod spans;
 
 use std::net::SocketAddr;
