@@ -59,15 +59,8 @@ pub fn mark_error(span: &tracing::Span, error_type: &str, description: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::CapturedService;
+    use crate::testing::{CapturedService, attribute};
     use opentelemetry::trace::{SpanKind, Status};
-
-    fn attribute(span: &opentelemetry_sdk::trace::SpanData, key: &str) -> Option<String> {
-        span.attributes
-            .iter()
-            .find(|kv| kv.key.as_str() == key)
-            .map(|kv| kv.value.as_str().into_owned())
-    }
 
     #[test]
     fn helpers_make_the_kinds_and_mark_errors() {

@@ -84,3 +84,11 @@ impl CapturedService {
         let _ = self.provider.shutdown();
     }
 }
+
+/// The value of a span's attribute `key`, as text.
+pub fn attribute(span: &SpanData, key: &str) -> Option<String> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == key)
+        .map(|kv| kv.value.as_str().into_owned())
+}

@@ -349,7 +349,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::CapturedService;
+    use crate::testing::{CapturedService, attribute};
     use opentelemetry::trace::SpanKind;
     use std::convert::Infallible;
 
@@ -384,13 +384,6 @@ mod tests {
         {
             frame.unwrap();
         }
-    }
-
-    fn attribute(span: &opentelemetry_sdk::trace::SpanData, key: &str) -> Option<String> {
-        span.attributes
-            .iter()
-            .find(|kv| kv.key.as_str() == key)
-            .map(|kv| kv.value.as_str().into_owned())
     }
 
     #[test]
