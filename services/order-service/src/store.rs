@@ -233,7 +233,7 @@ fn row_to_order(row: &rusqlite::Row<'_>) -> rusqlite::Result<Order> {
     let mut order = Order {
         order_id: row.get(0)?,
         customer_id: row.get(1)?,
-        items: serde_json::from_str(&items).map_err(|e| {
+        items: items_from_json(&items).map_err(|e| {
             rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, Box::new(e))
         })?,
         failure_reason: row.get::<_, Option<String>>(4)?.unwrap_or_default(),
@@ -241,6 +241,21 @@ fn row_to_order(row: &rusqlite::Row<'_>) -> rusqlite::Result<Order> {
     };
     order.set_status(OrderStatus::from_str_name(&status).unwrap_or(OrderStatus::Unspecified));
     Ok(order)
+}
+
+/// Items as stored: `[{"sku", "quantity"}, ...]`, or `[[sku, quantity], ...]` as
+/// databases written before the contract's item type was used here have them.
+fn items_from_json(json: &str) -> serde_json::Result<Vec<OrderItem>> {
+    serde_json::from_str(json).or_else(|error| {
+        serde_json::from_str::<Vec<(String, i64)>>(json)
+            .map(|pairs| {
+                pairs
+                    .into_iter()
+                    .map(|(sku, quantity)| OrderItem { sku, quantity })
+                    .collect()
+            })
+            .map_err(|_| error)
+    })
 }
 
 fn items_to_json(items: &[OrderItem]) -> String {
@@ -340,6 +355,21 @@ pub(crate) mod tests {
         assert!(matches!(error, StoreError::Database(_)));
         assert_eq!(outbox::tests::pending_count(&store).await, 1);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn items_read_in_both_stored_forms() {
+        let item = |sku: &str, quantity| OrderItem {
+            sku: sku.into(),
+            quantity,
+        };
+        let expected = vec![item("A", 1), item("B", 2)];
+        assert_eq!(
+            items_from_json(&items_to_json(&expected)).unwrap(),
+            expected
+        );
+        assert_eq!(items_from_json(r#"[["A",1],["B",2]]"#).unwrap(), expected);
+        assert!(items_from_json("{}").is_err());
     }
 
     #[tokio::test]

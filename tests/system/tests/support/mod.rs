@@ -185,13 +185,28 @@ fn uuid_like() -> String {
     )
 }
 
-/// `n` ports that were free a moment ago (the listeners are closed again at once).
+/// `n` ports that were free a moment ago, for service processes that bind them a moment
+/// later. Taken below the kernel's ephemeral range: a port the kernel handed out (port 0)
+/// could be handed out again as the source port of any outgoing connection (to Kafka, to
+/// the Collector) before the service binds it; a port below that range never is.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("addr").port())
-        .collect()
+    let first_ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    // Spread runs over the range, so two runs in a row do not race for the same ports.
+    let low = 20_000.min(first_ephemeral / 2);
+    let span = first_ephemeral - low;
+    let start = low + (std::process::id() as u16 % span);
+    let mut ports = Vec::with_capacity(n);
+    for offset in 0..span {
+        let port = low + (start - low + offset) % span;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            ports.push(port);
+            if ports.len() == n {
+                return ports;
+            }
+        }
+    }
+    panic!("fewer than {n} free ports below {first_ephemeral}")
 }
