@@ -340,6 +340,74 @@ impl Relay {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::config::KafkaConfig;
+    use crate::store::tests::{order, temp_store};
+    use rdkafka::mocking::MockCluster;
+
+    fn settings() -> RelaySettings {
+        RelaySettings {
+            poll_interval: Duration::from_millis(100),
+            reconcile_after: Duration::from_secs(60),
+            max_republish: 3,
+        }
+    }
+
+    /// (sent, quarantined) entries.
+    async fn counts(store: &Store) -> (i64, i64) {
+        store
+            .run_untraced(|c| {
+                Ok(c.query_row(
+                    "SELECT COUNT(sent_at_ms), COUNT(quarantined) FROM outbox",
+                    [],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )?)
+            })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_bad_entry_is_quarantined_and_the_others_are_sent() {
+        let kafka = MockCluster::new(1).unwrap();
+        kafka.create_topic("orders", 1, 1).unwrap();
+        let publisher = EventPublisher::new(&KafkaConfig {
+            bootstrap_servers: kafka.bootstrap_servers(),
+            topic: "orders".into(),
+            topic_partitions: 1,
+        })
+        .unwrap();
+        let (store, dir) = temp_store();
+        let good = order("o-good");
+        store
+            .create(
+                good.clone(),
+                NewEntry::order_created(&good, String::new()),
+                None,
+            )
+            .await
+            .unwrap();
+        // An entry whose payload is no event, written behind the API's back.
+        store
+            .run_untraced(|c| {
+                c.execute(
+                    "INSERT INTO outbox (order_id, payload, trace_context, created_at_ms)
+                     VALUES ('o-bad', x'00ff', '', 0)",
+                    [],
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+
+        let relay = Relay::new(Outbox::default(), store.clone(), publisher, settings());
+        relay.send_pending().await;
+        assert_eq!(counts(&store).await, (1, 1));
+        assert_eq!(pending_count(&store).await, 0);
+        // Nothing is left to send, and the quarantined entry is not tried again.
+        relay.send_pending().await;
+        assert_eq!(counts(&store).await, (1, 1));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 
     pub(crate) async fn pending_count(store: &Store) -> i64 {
         store
