@@ -249,7 +249,7 @@ fn every_order_makes_one_complete_trace_in_jaeger_and_no_span_is_lost() {
     let run_started = SystemTime::now();
     let services = Services::start(&stack, "e2e", &runtime);
     let (gateway_url, topic) = (services.gateway_url.clone(), services.topic.clone());
-    let dir = services.dir.clone();
+    let (dir, run_id) = (services.dir.clone(), services.run_id.clone());
 
     let orders: Vec<Order> = runtime.block_on(async {
         let mut orders = Vec::new();
@@ -312,8 +312,9 @@ fn every_order_makes_one_complete_trace_in_jaeger_and_no_span_is_lost() {
     assert_eq!(stored_for_orders, orders.len() * expected_per_trace);
 
     // No span lost: everything the services recorded reached the Collector, left it, and
-    // is stored in Jaeger. Jaeger is searched by each service over the run's time window
-    // and the answers are merged by span id.
+    // is stored in Jaeger. Jaeger is searched by each service over the run's time window,
+    // the spans of this run's processes kept (`service.instance.id`: an earlier run
+    // against the same Jaeger may have ended moments ago), and merged by span id.
     let window = format!(
         "query.start_time_min={}&query.start_time_max={}&query.num_traces=100000",
         rfc3339(run_started - Duration::from_secs(5)),
@@ -328,7 +329,7 @@ fn every_order_makes_one_complete_trace_in_jaeger_and_no_span_is_lost() {
             );
             let answer: Value = runtime
                 .block_on(async { http.get(&url).send().await.unwrap().json().await.unwrap() });
-            for span in parse(&answer) {
+            for span in parse(&answer).into_iter().filter(|s| s.instance == run_id) {
                 spans.insert(span.span_id.clone(), span);
             }
         }

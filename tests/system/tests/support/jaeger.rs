@@ -9,6 +9,8 @@ use serde_json::Value;
 #[derive(Debug, Clone)]
 pub struct StoredSpan {
     pub service: String,
+    /// `service.instance.id` of the process that made it.
+    pub instance: String,
     pub name: String,
     pub kind: String,
     pub trace_id: String,
@@ -26,14 +28,22 @@ pub fn parse(answer: &Value) -> Vec<StoredSpan> {
         return spans;
     };
     for resource in resource_spans {
-        let service = attributes(&resource["resource"]["attributes"])
-            .get("service.name")
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
+        let resource_attributes = attributes(&resource["resource"]["attributes"]);
+        let resource_text = |key: &str| {
+            resource_attributes
+                .get(key)
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default()
+        };
+        let (service, instance) = (
+            resource_text("service.name"),
+            resource_text("service.instance.id"),
+        );
         for scope in resource["scopeSpans"].as_array().into_iter().flatten() {
             for span in scope["spans"].as_array().into_iter().flatten() {
                 spans.push(StoredSpan {
                     service: service.clone(),
+                    instance: instance.clone(),
                     name: text(&span["name"]),
                     kind: kind(&span["kind"]),
                     trace_id: text(&span["traceId"]),

@@ -206,6 +206,8 @@ pub struct Services {
     pub gateway_url: String,
     pub topic: String,
     pub dir: PathBuf,
+    /// Every span of this run carries it as `service.instance.id`.
+    pub run_id: String,
 }
 
 impl Services {
@@ -223,6 +225,9 @@ impl Services {
             format!("127.0.0.1:{}", ports[3]),
         );
 
+        let run_id = format!("{name}-{run}");
+        // `service.instance.id` ends with the run's id, so the run can tell its spans from
+        // those of an earlier run against the same Jaeger.
         let telemetry = |protocol: &str, endpoint: &str| {
             vec![
                 ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.to_owned()),
@@ -230,7 +235,7 @@ impl Services {
                 ("OTEL_BSP_SCHEDULE_DELAY", "200".to_owned()),
                 (
                     "OTEL_RESOURCE_ATTRIBUTES",
-                    "deployment.environment.name=e2e".to_owned(),
+                    format!("deployment.environment.name=e2e,service.instance.id={run_id}"),
                 ),
             ]
         };
@@ -287,6 +292,7 @@ impl Services {
             gateway_url,
             topic,
             dir,
+            run_id,
         }
     }
 
