@@ -204,6 +204,43 @@ fn check_trace(order: &Order, spans: &[StoredSpan], topic: &str) {
     }
 }
 
+/// The Collector's own span counters (Collector v0.165 names them without `_total`).
+struct CollectorCounters {
+    accepted: f64,
+    refused: f64,
+    sent: f64,
+    send_failed: f64,
+}
+
+impl CollectorCounters {
+    fn read(runtime: &tokio::runtime::Runtime, http: &reqwest::Client, stack: &StackEnv) -> Self {
+        let metrics = runtime.block_on(async {
+            http.get(&stack.collector_metrics)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        });
+        let counters = Self {
+            accepted: metric_sum(&metrics, "otelcol_receiver_accepted_spans", ""),
+            refused: metric_sum(&metrics, "otelcol_receiver_refused_spans", ""),
+            sent: metric_sum(&metrics, "otelcol_exporter_sent_spans", JAEGER_EXPORTER),
+            send_failed: metric_sum(
+                &metrics,
+                "otelcol_exporter_send_failed_spans",
+                JAEGER_EXPORTER,
+            ),
+        };
+        assert!(
+            metrics.contains("otelcol_process_uptime"),
+            "not the Collector's metrics:\n{metrics}"
+        );
+        counters
+    }
+}
+
 /// Sums a counter from the Collector's Prometheus metrics over the label sets that
 /// contain `label` (`""` for all).
 fn metric_sum(metrics: &str, name: &str, label: &str) -> f64 {
@@ -247,6 +284,7 @@ fn every_order_makes_one_complete_trace_in_jaeger_and_no_span_is_lost() {
         .unwrap();
     let http = reqwest::Client::new();
     let run_started = SystemTime::now();
+    let before = CollectorCounters::read(&runtime, &http, &stack);
     let services = Services::start(&stack, "e2e", &runtime);
     let (gateway_url, topic) = (services.gateway_url.clone(), services.topic.clone());
     let (dir, run_id) = (services.dir.clone(), services.run_id.clone());
@@ -361,39 +399,18 @@ fn every_order_makes_one_complete_trace_in_jaeger_and_no_span_is_lost() {
         orphans.is_empty(),
         "traces that do not start at the gateway: {orphans:?}"
     );
-    let collector = runtime.block_on(async {
-        http.get(&stack.collector_metrics)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    });
-    // Collector v0.165 names its counters without the `_total` suffix.
-    let accepted = metric_sum(&collector, "otelcol_receiver_accepted_spans", "");
-    let sent = metric_sum(&collector, "otelcol_exporter_sent_spans", JAEGER_EXPORTER);
+    // The Collector's counters count from its start: this run's share is what they grew
+    // by since the run began (the stack may have served runs before).
+    let after = CollectorCounters::read(&runtime, &http, &stack);
+    let (accepted, sent) = (after.accepted - before.accepted, after.sent - before.sent);
     println!(
         "orders: {}; spans per order trace: {expected_per_trace}; recorded by the services: {recorded}; \
          Collector accepted: {accepted}, sent: {sent}; stored in Jaeger: {stored_in_run}",
         orders.len()
     );
-    assert!(
-        accepted > 0.0,
-        "the Collector's span counters were not found:\n{collector}"
-    );
+    assert_eq!(after.refused, before.refused, "the Collector refused spans");
     assert_eq!(
-        metric_sum(&collector, "otelcol_receiver_refused_spans", ""),
-        0.0,
-        "the Collector refused spans"
-    );
-    assert_eq!(
-        metric_sum(
-            &collector,
-            "otelcol_exporter_send_failed_spans",
-            JAEGER_EXPORTER
-        ),
-        0.0,
+        after.send_failed, before.send_failed,
         "the Collector failed to send spans to Jaeger"
     );
     assert_eq!(
