@@ -40,11 +40,7 @@ impl Drop for Paused<'_> {
 #[ignore = "needs the native stack: run scripts/test"]
 fn orders_placed_while_kafka_is_paused_are_answered_at_once_and_fulfilled_after() {
     let stack = StackEnv::from_env();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let http = reqwest::Client::new();
+    let (runtime, http) = support::native::http_client();
     let services = Services::start(&stack, "outage", &runtime);
     let gateway = services.gateway_url.clone();
 

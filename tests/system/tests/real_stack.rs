@@ -278,11 +278,7 @@ fn rfc3339(time: SystemTime) -> String {
 #[ignore = "needs the native stack: run scripts/test"]
 fn every_order_makes_one_complete_trace_in_jaeger_and_no_span_is_lost() {
     let stack = StackEnv::from_env();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let http = reqwest::Client::new();
+    let (runtime, http) = support::native::http_client();
     let run_started = SystemTime::now();
     let before = CollectorCounters::read(&runtime, &http, &stack);
     let services = Services::start(&stack, "e2e", &runtime);

@@ -305,6 +305,15 @@ impl Services {
     }
 }
 
+/// An HTTP client, and the runtime the test thread drives it on.
+pub fn http_client() -> (tokio::runtime::Runtime, reqwest::Client) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    (runtime, reqwest::Client::new())
+}
+
 /// Sends SIGSTOP or SIGCONT to a component of the native stack.
 pub fn signal_component(stack: &StackEnv, component: &str, signal: &str) {
     let pid = std::fs::read_to_string(stack.run_dir.join(format!("{component}.pid")))
