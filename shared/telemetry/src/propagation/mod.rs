@@ -5,7 +5,7 @@
 //! | client → gateway | HTTP headers | [`http`]: server layer extracts |
 //! | gateway/worker → order-service | gRPC metadata (HTTP/2 headers) | [`grpc`]: client layer injects, server layer extracts |
 //! | order-service → worker | Kafka record headers | [`kafka`]: producer injects, consumer extracts |
-//! | order-service → (later) → worker | the order row | [`stored`]: saved with the order, restored when republishing |
+//! | order-service → (outbox) → worker | the outbox entry | [`stored`]: captured with the order, restored when the relay sends it |
 //!
 //! Every carrier goes through [`extract`] and [`inject`], which use the process-wide
 //! propagator that `init` installs (W3C Trace Context and Baggage). Each transport's file
