@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+use crate::limits::Limits;
 use crate::semconv::RpcConventions;
 use settings::{ProcessEnv, SettingError, Source, check_url, millis_or, positive_or, value};
 
@@ -78,6 +79,12 @@ pub struct TelemetryConfig {
     pub batch: BatchSettings,
     /// `OTEL_SEMCONV_STABILITY_OPT_IN`: `rpc/dup` adds the pre-stable RPC attributes.
     pub rpc_conventions: RpcConventions,
+    /// `OTEL_SPAN_*_COUNT_LIMIT`, `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT` and kin.
+    pub limits: Limits,
+    /// `TELEMETRY_SPAN_DETAILS`: `true` adds the `tracing` bridge's source location,
+    /// thread, target and busy/idle time to every span, for debugging (default `false`:
+    /// weight on every span that few readers need).
+    pub span_details: bool,
     /// `RUST_LOG`-style filter for the log lines on stderr (default `info`).
     pub log_filter: String,
 }
@@ -134,6 +141,8 @@ impl TelemetryConfig {
         )?;
         let batch = parse_batch(source)?;
         let rpc_conventions = RpcConventions::from_source(source)?;
+        let limits = Limits::from_source(source)?;
+        let span_details = settings::parse_or(source, "TELEMETRY_SPAN_DETAILS", false)?;
         let log_filter = get("RUST_LOG").unwrap_or_else(|| "info".to_owned());
 
         Ok(Self {
@@ -145,6 +154,8 @@ impl TelemetryConfig {
             sampler,
             batch,
             rpc_conventions,
+            limits,
+            span_details,
             log_filter,
         })
     }
@@ -414,6 +425,8 @@ mod tests {
             ("OTEL_BSP_MAX_QUEUE_SIZE", "lots"),
             ("OTEL_BSP_SCHEDULE_DELAY", "0"),
             ("OTEL_RESOURCE_ATTRIBUTES", "novalue"),
+            ("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "none"),
+            ("TELEMETRY_SPAN_DETAILS", "yes"),
         ];
         for (var, value) in cases {
             let err = config(&[(var, value)]).unwrap_err();

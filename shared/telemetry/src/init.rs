@@ -19,6 +19,7 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{Exporter, OtlpProtocol, SamplerConfig, TelemetryConfig};
 use crate::guard::TelemetryGuard;
+use crate::limits::Truncating;
 use crate::log_format::LineWithTraceIds;
 use crate::propagation::w3c::{BaggagePropagator, TraceContextPropagator};
 use crate::span_count::SpanCounter;
@@ -65,9 +66,7 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, InitError> {
     global::set_tracer_provider(provider.clone());
     let tracer = provider.tracer(config.service_name.clone());
 
-    let otel_layer = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_filter(otel_filter());
+    let otel_layer = otel_layer(tracer, config.span_details);
     let log_layer = tracing_subscriber::fmt::layer()
         .event_format(LineWithTraceIds)
         // Colour only for a person at a terminal; log collectors get plain text.
@@ -90,6 +89,24 @@ pub(crate) fn propagator() -> TextMapCompositePropagator {
         Box::new(TraceContextPropagator::default()),
         Box::new(BaggagePropagator::default()),
     ])
+}
+
+/// The bridge from `tracing` spans to OpenTelemetry spans. `details` adds the source
+/// location, thread, target and busy/idle time to every span (`TELEMETRY_SPAN_DETAILS`).
+pub(crate) fn otel_layer<S>(
+    tracer: opentelemetry_sdk::trace::SdkTracer,
+    details: bool,
+) -> impl Layer<S>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_location(details)
+        .with_threads(details)
+        .with_target(details)
+        .with_tracked_inactivity(details)
+        .with_filter(otel_filter())
 }
 
 /// Which `tracing` spans and events become OpenTelemetry data.
@@ -136,13 +153,15 @@ fn tracer_provider(
     let mut builder = SdkTracerProvider::builder()
         .with_resource(resource(config))
         .with_sampler(sampler(config.sampler))
+        .with_span_limits(config.limits.span_limits())
         .with_span_processor(span_counter);
     for exporter in &config.exporters {
         builder = match exporter {
             // Console output is for a person watching: print each span as it ends.
-            Exporter::Console => {
-                builder.with_simple_exporter(opentelemetry_stdout::SpanExporter::default())
-            }
+            Exporter::Console => builder.with_simple_exporter(Truncating::new(
+                opentelemetry_stdout::SpanExporter::default(),
+                &config.limits,
+            )),
             Exporter::Otlp => builder.with_span_processor(otlp_batch_processor(config)?),
         };
     }
@@ -174,7 +193,9 @@ fn otlp_batch_processor(config: &TelemetryConfig) -> Result<BatchSpanProcessor, 
         .with_max_export_batch_size(config.batch.max_export_batch_size)
         .with_scheduled_delay(config.batch.scheduled_delay)
         .build();
-    Ok(BatchSpanProcessor::builder(exporter)
-        .with_batch_config(batch)
-        .build())
+    Ok(
+        BatchSpanProcessor::builder(Truncating::new(exporter, &config.limits))
+            .with_batch_config(batch)
+            .build(),
+    )
 }

@@ -16,6 +16,7 @@
 //!
 //! - `config.rs`: the `OTEL_*` variables, parsed and checked.
 //! - `init.rs`: the one call per service. `guard.rs`: the flush on shutdown.
+//! - `limits.rs`: how much one span may carry.
 //! - `log_format.rs`: log lines with `trace_id` and `span_id`.
 //! - `span.rs`: internal and database spans, error marking. `semconv.rs`: which RPC
 //!   attribute names are emitted (`OTEL_SEMCONV_STABILITY_OPT_IN`).
@@ -26,6 +27,7 @@
 mod config;
 mod guard;
 mod init;
+mod limits;
 mod log_format;
 pub mod propagation;
 mod semconv;
@@ -39,6 +41,7 @@ pub use config::{
 };
 pub use guard::{ShutdownError, TelemetryGuard};
 pub use init::{InitError, init};
+pub use limits::Limits;
 pub use propagation::current_trace_id;
 pub use semconv::RpcConventions;
 

@@ -74,6 +74,16 @@ mod tests {
         let spans = service.spans();
         let step = spans.iter().find(|s| s.name == "reserve stock").unwrap();
         assert_eq!(step.span_kind, SpanKind::Internal);
+        // The bridge's debugging attributes are off unless TELEMETRY_SPAN_DETAILS=true.
+        for heavy in [
+            "code.file.path",
+            "thread.id",
+            "target",
+            "busy_ns",
+            "idle_ns",
+        ] {
+            assert_eq!(attribute(step, heavy), None, "{heavy}");
+        }
         assert_eq!(attribute(step, "app.order.id").as_deref(), Some("o-1"));
         assert_eq!(
             attribute(step, "error.type").as_deref(),

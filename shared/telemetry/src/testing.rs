@@ -9,11 +9,10 @@
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use tracing::Dispatch;
-use tracing_subscriber::Layer;
 use tracing_subscriber::layer::SubscriberExt;
 
 use crate::config::TelemetryConfig;
-use crate::init::{otel_filter, propagator, resource, sampler};
+use crate::init::{otel_layer, propagator, resource, sampler};
 
 /// Installs the same global propagator `init` does (idempotent).
 pub fn install_propagator() {
@@ -38,12 +37,14 @@ impl CapturedService {
         let provider = SdkTracerProvider::builder()
             .with_resource(resource(&config))
             .with_sampler(sampler(config.sampler))
+            .with_span_limits(config.limits.span_limits())
             // Export as each span ends, so a test sees spans as soon as work is done.
             .with_simple_exporter(exporter.clone())
             .build();
-        let otel_layer = tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer(service_name.to_owned()))
-            .with_filter(otel_filter());
+        let otel_layer = otel_layer(
+            provider.tracer(service_name.to_owned()),
+            config.span_details,
+        );
         let dispatch = Dispatch::new(tracing_subscriber::registry().with(otel_layer));
         Self {
             name: service_name.to_owned(),
