@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use anyhow::Context as _;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::routing::{get, post};
 use lifecycle::health::{self, Readiness};
 use proto::client::{OrderClient, OrderServiceConnection};
@@ -14,10 +15,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::conformance;
 use crate::orders;
+use crate::{conformance, error};
 
 /// The API routes (and `/test` when enabled), traced, plus the health routes, untraced.
+///
+/// A request passes, outermost first: the server span (`HttpServerLayer`), the JSON
+/// envelope for axum's own error answers, the body limit, the handler.
 pub fn router(client: OrderClient, config: &Config, readiness: Readiness) -> Router {
     let mut api = Router::new()
         .route("/api/orders", post(orders::create))
@@ -32,10 +36,14 @@ pub fn router(client: OrderClient, config: &Config, readiness: Readiness) -> Rou
     let api = api
         .fallback(orders::unknown_route)
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(middleware::from_fn(error::envelope))
         // Added with `Router::layer`, so it sees the matched route for the span name. It
         // is also the trust boundary: continue or restart the caller's trace.
         .layer(HttpServerLayer::new(config.inbound_trace_context));
-    api.merge(health::routes(readiness))
+    // A wrong method on a health route (`POST /health/live`) gets the envelope too, with
+    // a null trace id: health routes are not traced.
+    let health = health::routes(readiness).layer(middleware::from_fn(error::envelope));
+    api.merge(health)
 }
 
 #[derive(Debug)]

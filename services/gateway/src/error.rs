@@ -1,10 +1,15 @@
 //! Every error the API returns: a status and a JSON body
 //! `{"error": {"code", "message"}, "trace_id"}`. The trace id lets a user (or support)
 //! find exactly this request in Jaeger; internal details stay in logs and spans.
+//!
+//! Our handlers return [`ApiError`]; [`envelope`] gives the same shape to the answers
+//! axum makes by itself (405, a path that does not decode).
 
 use axum::Json;
+use axum::extract::Request;
 use axum::extract::rejection::JsonRejection;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tonic::Code;
@@ -25,6 +30,41 @@ impl ApiError {
             code,
             message: message.into(),
             cause: None,
+        }
+    }
+
+    /// The envelope for an error answer made without us: `detail` is its text, shown to
+    /// the caller for a 4xx (axum writes those for clients) and only logged for a 5xx.
+    fn for_status(status: StatusCode, detail: Option<String>) -> Self {
+        let code = match status {
+            StatusCode::BAD_REQUEST => "bad_request",
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+            StatusCode::REQUEST_TIMEOUT => "request_timeout",
+            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            StatusCode::URI_TOO_LONG => "uri_too_long",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+            StatusCode::UNPROCESSABLE_ENTITY => "unprocessable_entity",
+            StatusCode::TOO_MANY_REQUESTS => "too_many_requests",
+            StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+            StatusCode::GATEWAY_TIMEOUT => "timeout",
+            status if status.is_client_error() => "bad_request",
+            _ => "internal_error",
+        };
+        let reason = status.canonical_reason().unwrap_or("error").to_lowercase();
+        if status.is_client_error() {
+            let message = match status {
+                StatusCode::METHOD_NOT_ALLOWED => {
+                    "method not allowed; the Allow header lists those this path takes".to_owned()
+                }
+                _ => detail.unwrap_or(reason),
+            };
+            Self::new(status, code, message)
+        } else {
+            Self {
+                cause: detail,
+                ..Self::new(status, code, reason)
+            }
         }
     }
 
@@ -135,4 +175,50 @@ impl IntoResponse for ApiError {
         });
         (self.status, Json(body)).into_response()
     }
+}
+
+/// The longest text of axum's own answer that is read into the envelope; its rejection
+/// texts are one line.
+const MAX_DETAIL_BYTES: usize = 1024;
+
+/// axum answers some requests itself, before or instead of a handler of ours: 405 with an
+/// `Allow` header and an empty body when the path exists but the method does not; 400 in
+/// `text/plain` when a path parameter does not decode (`/api/orders/%FF`); and whatever a
+/// later axum adds. This middleware gives every error answer that is not JSON already
+/// the envelope, keeping its status and headers. Inside the server span, so the trace id
+/// is there.
+pub async fn envelope(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_error = status.is_client_error() || status.is_server_error();
+    if !is_error || has_content_type(response.headers(), "application/json") {
+        return response;
+    }
+    let plain_text = has_content_type(response.headers(), "text/plain");
+    let (parts, body) = response.into_parts();
+    let detail = if plain_text {
+        axum::body::to_bytes(body, MAX_DETAIL_BYTES)
+            .await
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes.to_vec()).ok())
+            .map(|text| text.trim().to_owned())
+            .filter(|text| !text.is_empty())
+    } else {
+        None
+    };
+    let mut enveloped = ApiError::for_status(status, detail).into_response();
+    // Keep what the answer said besides its body: above all `Allow` on a 405.
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            enveloped.headers_mut().append(name, value.clone());
+        }
+    }
+    enveloped
+}
+
+fn has_content_type(headers: &HeaderMap, expected: &str) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(expected))
 }

@@ -8,11 +8,13 @@
 
 use std::time::Duration;
 
+use axum::Router;
 use axum::body::{Body, to_bytes};
-use axum::http::{Request, StatusCode, header};
+use axum::http::{HeaderMap, Request, StatusCode, header};
 use gateway::router;
 use lifecycle::health::Readiness;
 use opentelemetry::trace::SpanKind;
+use opentelemetry_sdk::trace::SpanData;
 use proto::client::{ClientConfig, OrderClient};
 use serde_json::{Value, json};
 use telemetry::testing::CapturedService;
@@ -30,21 +32,48 @@ fn unreachable_client() -> OrderClient {
     proto::client::connect(&config).unwrap().client
 }
 
-async fn call(request: Request<Body>) -> (StatusCode, Value, Option<String>) {
-    let config = gateway::Config {
+fn config() -> gateway::Config {
+    gateway::Config {
         max_body_bytes: MAX_BODY,
         ..gateway::Config::from_env(&|_: &str| None).unwrap()
-    };
-    let app = router(unreachable_client(), &config, Readiness::default());
-    let response = app.oneshot(request).await.expect("infallible");
+    }
+}
+
+#[derive(Debug)]
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+}
+
+impl Answer {
+    fn traceresponse(&self) -> Option<&str> {
+        self.headers
+            .get("traceresponse")
+            .map(|v| v.to_str().unwrap())
+    }
+}
+
+async fn send(app: &Router, request: Request<Body>) -> Answer {
+    let response = app.clone().oneshot(request).await.expect("infallible");
     let status = response.status();
-    let traceresponse = response
-        .headers()
-        .get("traceresponse")
-        .map(|v| v.to_str().unwrap().to_owned());
+    let headers = response.headers().clone();
     let bytes = to_bytes(response.into_body(), usize::MAX).await.unwrap();
     let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    (status, body, traceresponse)
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn call(request: Request<Body>) -> Answer {
+    let app = router(unreachable_client(), &config(), Readiness::default());
+    send(&app, request).await
+}
+
+fn get(path: &str) -> Request<Body> {
+    Request::get(path).body(Body::empty()).unwrap()
 }
 
 fn post_json(body: impl Into<Body>) -> Request<Body> {
@@ -58,32 +87,39 @@ fn valid_order() -> Value {
     json!({"customer_id": "c-1", "items": [{"sku": "SKU-1", "quantity": 1}]})
 }
 
-/// Runs `request` with spans captured, and checks the error body and the server span.
-async fn expect_error(request: Request<Body>, status: StatusCode, code: &str) {
-    let capture = CapturedService::new("gateway");
-    let _guard = tracing::dispatcher::set_default(capture.dispatch());
-    let (actual, body, traceresponse) = call(request).await;
-    assert_eq!(actual, status, "{body}");
+/// Checks an error answer: status, the JSON envelope, its trace id in `traceresponse`,
+/// and the server span among `spans` that carries that trace id and status.
+fn assert_error(answer: &Answer, spans: &[SpanData], status: StatusCode, code: &str) {
+    let body = &answer.body;
+    assert_eq!(answer.status, status, "{body}");
+    assert_eq!(
+        answer.headers[header::CONTENT_TYPE],
+        "application/json",
+        "{body}"
+    );
     assert_eq!(body["error"]["code"], code, "{body}");
     assert!(
         body["error"]["message"]
             .as_str()
-            .is_some_and(|m| !m.is_empty())
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
     );
     let trace_id = body["trace_id"]
         .as_str()
         .expect("trace_id in the error body");
     assert!(
-        traceresponse
+        answer
+            .traceresponse()
             .expect("traceresponse header")
             .contains(trace_id)
     );
 
-    let spans = capture.spans();
     let server = spans
         .iter()
-        .find(|s| s.span_kind == SpanKind::Server)
-        .expect("a server span");
+        .find(|s| {
+            s.span_kind == SpanKind::Server && s.span_context.trace_id().to_string() == trace_id
+        })
+        .expect("a server span for this request");
     let recorded = server
         .attributes
         .iter()
@@ -100,6 +136,15 @@ async fn expect_error(request: Request<Body>, status: StatusCode, code: &str) {
         status.is_server_error(),
         "span status for {status}"
     );
+}
+
+/// Runs `request` with spans captured, and checks the error body and the server span.
+async fn expect_error(request: Request<Body>, status: StatusCode, code: &str) -> Answer {
+    let capture = CapturedService::new("gateway");
+    let _guard = tracing::dispatcher::set_default(capture.dispatch());
+    let answer = call(request).await;
+    assert_error(&answer, &capture.spans(), status, code);
+    answer
 }
 
 #[tokio::test]
@@ -185,14 +230,62 @@ async fn a_body_without_json_content_type_is_415() {
 
 #[tokio::test]
 async fn ids_that_cannot_exist_and_unknown_routes_are_404() {
-    let request = Request::get("/api/orders/not-a-uuid")
+    expect_error(
+        get("/api/orders/not-a-uuid"),
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    expect_error(get("/api/nothing-here"), StatusCode::NOT_FOUND, "not_found").await;
+}
+
+#[tokio::test]
+async fn a_method_a_route_does_not_take_is_405_with_allow_in_the_envelope() {
+    let request = Request::delete("/api/orders").body(Body::empty()).unwrap();
+    let answer = expect_error(
+        request,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    )
+    .await;
+    assert_eq!(answer.headers[header::ALLOW], "POST");
+    let request = Request::put("/api/orders/00000000-0000-4000-8000-000000000000")
         .body(Body::empty())
         .unwrap();
-    expect_error(request, StatusCode::NOT_FOUND, "not_found").await;
-    let request = Request::get("/api/nothing-here")
-        .body(Body::empty())
-        .unwrap();
-    expect_error(request, StatusCode::NOT_FOUND, "not_found").await;
+    let answer = expect_error(
+        request,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+    )
+    .await;
+    assert_eq!(answer.headers[header::ALLOW], "GET,HEAD");
+}
+
+#[tokio::test]
+async fn a_path_that_does_not_decode_is_400_in_the_envelope() {
+    // %FF is not UTF-8: axum's Path extractor rejects it before the handler runs.
+    let answer = expect_error(
+        get("/api/orders/%FF"),
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    )
+    .await;
+    let message = answer.body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("%FF") || message.contains("UTF"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_method_a_health_route_does_not_take_is_405_in_the_envelope_untraced() {
+    let answer = call(Request::post("/health/live").body(Body::empty()).unwrap()).await;
+    assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(answer.headers[header::ALLOW], "GET,HEAD");
+    assert_eq!(answer.body["error"]["code"], "method_not_allowed");
+    // Health routes are not traced, so there is no trace to point at.
+    assert_eq!(answer.body["trace_id"], Value::Null);
+    assert!(answer.traceresponse().is_none());
 }
 
 #[tokio::test]
@@ -207,12 +300,13 @@ async fn an_unreachable_order_service_is_503() {
 
 #[tokio::test]
 async fn health_is_live_and_not_ready_until_the_order_service_answers() {
-    let live = Request::get("/health/live").body(Body::empty()).unwrap();
-    let (status, body, traceresponse) = call(live).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    assert!(traceresponse.is_none(), "health probes are not traced");
-    let ready = Request::get("/health/ready").body(Body::empty()).unwrap();
-    let (status, body, _) = call(ready).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(body["status"], "not_ready");
+    let live = call(get("/health/live")).await;
+    assert_eq!(live.status, StatusCode::OK, "{}", live.body);
+    assert!(
+        live.traceresponse().is_none(),
+        "health probes are not traced"
+    );
+    let ready = call(get("/health/ready")).await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(ready.body["status"], "not_ready");
 }
