@@ -8,11 +8,15 @@
 use axum::Json;
 use axum::extract::Request;
 use axum::extract::rejection::JsonRejection;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tonic::Code;
+
+/// `Retry-After` on a shed request, in seconds: overload at the edge is measured in
+/// requests in flight, which turn over in well under a second.
+const RETRY_AFTER_SECONDS: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -21,6 +25,10 @@ pub struct ApiError {
     pub message: String,
     /// What went wrong behind a 5xx, for the log only: never sent to the client.
     cause: Option<String>,
+    /// Seconds for a `Retry-After` header.
+    retry_after: Option<u32>,
+    /// Whether a 5xx is logged (its span records it either way).
+    logged: bool,
 }
 
 impl ApiError {
@@ -30,6 +38,46 @@ impl ApiError {
             code,
             message: message.into(),
             cause: None,
+            retry_after: None,
+            logged: true,
+        }
+    }
+
+    /// Beyond `MAX_IN_FLIGHT`. Nothing of the request was done, so sending it again
+    /// later is always safe. Not logged: it is the limit doing its job, once per request
+    /// beyond capacity, and a log line each would add load just when there is too much.
+    pub fn overloaded() -> Self {
+        Self {
+            retry_after: Some(RETRY_AFTER_SECONDS),
+            logged: false,
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "the gateway is at capacity; retry after the Retry-After delay",
+            )
+        }
+    }
+
+    /// Past `REQUEST_TIMEOUT_MS`. 504 and not 503: the request was admitted and may have
+    /// reached the order-service, so unlike a shed request it may have taken effect
+    /// (look the order up before placing it again).
+    pub fn timed_out() -> Self {
+        Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "request_timeout",
+            "the request did not finish in time; it may still have taken effect",
+        )
+    }
+
+    /// A failure of ours; `cause` goes to the log only.
+    pub fn internal(cause: impl Into<String>) -> Self {
+        Self {
+            cause: Some(cause.into()),
+            ..Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "the gateway failed to handle the request",
+            )
         }
     }
 
@@ -161,7 +209,7 @@ impl From<tonic::Status> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         // A 4xx is the caller's mistake and is not logged; a 5xx is ours to look into.
-        if self.status.is_server_error() {
+        if self.status.is_server_error() && self.logged {
             tracing::error!(
                 status = self.status.as_u16(),
                 code = self.code,
@@ -173,7 +221,13 @@ impl IntoResponse for ApiError {
             "error": { "code": self.code, "message": self.message },
             "trace_id": telemetry::current_trace_id(),
         });
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
