@@ -71,7 +71,8 @@ pub struct Shutdown {
 
 impl Shutdown {
     /// Listens for SIGTERM and Ctrl-C: the first cancels [`token`](Self::token), a second
-    /// ends the process at once with 128 + the signal's number, without flushing.
+    /// ends the process at once with 128 + the signal's number, without flushing. Call it
+    /// inside the tokio runtime, before the service starts its work.
     pub fn on_signal(config: ShutdownConfig) -> Self {
         Self::new(config, os_signals(), |signal| {
             std::process::exit(signal.exit_code())
@@ -114,9 +115,11 @@ impl Shutdown {
         self.token.clone()
     }
 
-    /// Runs `work` to its end, but no longer than the timeout after the first signal.
-    /// Past the deadline `work` is dropped unfinished and the caller gets
-    /// [`DeadlineExceeded`]: flush telemetry, then exit non-zero.
+    /// Runs `work` to its end, but no longer than the timeout after the token is
+    /// cancelled (by the first signal, or by the service itself when it stops on its
+    /// own, as the worker does when its consumer fails). Past the deadline `work` is
+    /// dropped unfinished and the caller gets [`DeadlineExceeded`]: flush telemetry, then
+    /// exit non-zero.
     pub async fn run<T>(&self, work: impl Future<Output = T>) -> Result<T, DeadlineExceeded> {
         let deadline = async {
             self.token.cancelled().await;
@@ -125,9 +128,11 @@ impl Shutdown {
         tokio::select! {
             output = work => Ok(output),
             () = deadline => {
-                let error = DeadlineExceeded { timeout: self.timeout };
-                tracing::error!(timeout_ms = self.timeout.as_millis(), "shutdown deadline passed; no longer waiting for in-flight work");
-                Err(error)
+                tracing::error!(
+                    timeout_ms = self.timeout.as_millis(),
+                    "shutdown deadline passed; no longer waiting for in-flight work"
+                );
+                Err(DeadlineExceeded { timeout: self.timeout })
             }
         }
     }
