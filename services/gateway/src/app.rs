@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use anyhow::Context as _;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::routing::{get, post};
 use lifecycle::health::{self, Readiness};
 use proto::client::{OrderClient, OrderServiceConnection};
@@ -14,10 +15,15 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::conformance;
 use crate::orders;
+use crate::{conformance, edge, error};
 
-/// The API routes (and `/test` when enabled), traced, plus the health routes, untraced.
+/// The API routes (and `/test` when enabled), traced and limited, plus the health routes,
+/// untraced and never shed: a probe must see the gateway alive even at capacity.
+///
+/// A request passes, outermost first: the server span (`HttpServerLayer`), the JSON
+/// envelope for axum's own error answers, the in-flight limit and the request timeout,
+/// the body limit, the handler.
 pub fn router(client: OrderClient, config: &Config, readiness: Readiness) -> Router {
     let mut api = Router::new()
         .route("/api/orders", post(orders::create))
@@ -31,11 +37,18 @@ pub fn router(client: OrderClient, config: &Config, readiness: Readiness) -> Rou
     }
     let api = api
         .fallback(orders::unknown_route)
-        .layer(DefaultBodyLimit::max(config.max_body_bytes))
-        // Added with `Router::layer`, so it sees the matched route for the span name. It
-        // is also the trust boundary: continue or restart the caller's trace.
+        .layer(DefaultBodyLimit::max(config.max_body_bytes));
+    let api = edge::limit_requests(api, config)
+        .layer(middleware::from_fn(error::envelope))
+        // Outside the limits, so a shed or timed-out request still gets its span (with
+        // its 503 or 504) and a `traceresponse`. Added with `Router::layer`, so it sees
+        // the matched route for the span name. It is also the trust boundary: continue
+        // or restart the caller's trace.
         .layer(HttpServerLayer::new(config.inbound_trace_context));
-    api.merge(health::routes(readiness))
+    // A wrong method on a health route (`POST /health/live`) gets the envelope too, with
+    // a null trace id: health routes are not traced.
+    let health = health::routes(readiness).layer(middleware::from_fn(error::envelope));
+    api.merge(health)
 }
 
 #[derive(Debug)]
@@ -63,7 +76,11 @@ impl Application {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown`; in-flight requests finish first.
+    /// Serves until `shutdown`; in-flight requests finish first. A request ends within
+    /// `REQUEST_TIMEOUT_MS` and a connection sends its headers within
+    /// `HEADER_READ_TIMEOUT_MS`, so the drain ends by itself, inside the shutdown
+    /// deadline (`SHUTDOWN_TIMEOUT_MS`) with the defaults: every request in it answered
+    /// and traced.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let readiness = Readiness::default();
         // Ready while the order-service reports SERVING.
@@ -80,11 +97,13 @@ impl Application {
                 "W3C_TEST_ENDPOINT is on: POST /test sends requests to any URL it is given"
             );
         }
-        tracing::info!(addr = %self.listener.local_addr()?, "gateway listening");
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-            .context("HTTP server failed")?;
+        tracing::info!(
+            addr = %self.listener.local_addr()?,
+            max_in_flight = self.config.max_in_flight,
+            max_connections = self.config.max_connections,
+            "gateway listening"
+        );
+        edge::serve(self.listener, app, &self.config, shutdown).await;
         let _ = watcher.await;
         tracing::info!("gateway stopped");
         Ok(())

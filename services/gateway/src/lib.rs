@@ -8,12 +8,15 @@
 //! # Layout
 //!
 //! - `config.rs`: settings. `app.rs`: router, build and run until shutdown.
+//! - `edge.rs`: the gateway protecting itself: in-flight limit with load shedding,
+//!   request timeout, connection limit, header-read timeout.
 //! - `orders.rs`: the two endpoints. `error.rs`: JSON errors and status mapping.
 //! - `conformance.rs`: `POST /test` for the W3C Trace Context harness (opt-in).
 
 mod app;
 pub mod config;
 mod conformance;
+mod edge;
 mod error;
 mod orders;
 

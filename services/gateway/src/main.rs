@@ -1,7 +1,10 @@
-//! Entry point: settings, telemetry, serve until SIGTERM/Ctrl-C, flush telemetry.
+//! Entry point: settings, telemetry, serve until SIGTERM/Ctrl-C (no longer than the
+//! shutdown deadline after it), flush telemetry, exit.
 
 use anyhow::Context as _;
 use gateway::{Application, Config};
+use lifecycle::shutdown::{Shutdown, ShutdownConfig};
+use settings::ProcessEnv;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -9,20 +12,23 @@ async fn main() -> anyhow::Result<()> {
         telemetry::TelemetryConfig::from_env(env!("CARGO_PKG_NAME"), env!("CARGO_PKG_VERSION"))?;
     let telemetry = telemetry::init(&telemetry_config)?;
 
-    // Telemetry is flushed on every path below, error or not.
+    // Telemetry is flushed on every path below: done, failed or past the shutdown
+    // deadline. Only a second signal skips it, to exit at once.
     let result = run().await;
     if let Err(error) = &result {
         tracing::error!(error = format!("{error:#}"), "gateway failed");
     }
-    telemetry.shutdown().await?;
-    result
+    let flushed = telemetry.shutdown().await;
+    lifecycle::shutdown::exit(result, flushed)
 }
 
 async fn run() -> anyhow::Result<()> {
-    let config = Config::from_env(&settings::ProcessEnv).context("reading settings")?;
-    let shutdown = lifecycle::shutdown::on_signal();
-    Application::build(config)
-        .await?
-        .run_until_stopped(shutdown)
-        .await
+    let config = Config::from_env(&ProcessEnv).context("reading settings")?;
+    let shutdown =
+        Shutdown::on_signal(ShutdownConfig::from_env(&ProcessEnv).context("reading settings")?);
+    let service = async {
+        let app = Application::build(config).await?;
+        app.run_until_stopped(shutdown.token()).await
+    };
+    shutdown.run(service).await?
 }

@@ -1,7 +1,9 @@
 //! docker-compose.yml, checked without a Docker engine: the properties the learning
 //! stack promises (pinned images, healthchecks, start order, loopback-only ports, memory
-//! limits, non-root read-only services), and that every variable it sets for our
-//! services is one they actually read, with addresses that match the compose services.
+//! limits, non-root read-only services, no capabilities and no privilege gain anywhere,
+//! Kafka's data on a named volume, a stop grace period longer than the services'
+//! shutdown deadline), and that every variable it sets for our services is one they
+//! actually read, with addresses that match the compose services.
 //! The file's validity against the Compose Specification schema is checked by
 //! `scripts/test` (check-jsonschema).
 
@@ -11,7 +13,9 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::time::Duration;
 
+use lifecycle::shutdown::ShutdownConfig;
 use serde_yaml_ng::Value;
 
 const OUR_SERVICES: [&str; 3] = ["gateway", "order-service", "worker"];
@@ -324,6 +328,9 @@ fn variables_read(service: &str, env: &BTreeMap<String, String>) -> BTreeSet<Str
     result.unwrap_or_else(|e| panic!("{service}: compose sets an invalid value: {e}"));
     telemetry::TelemetryConfig::from_source(service, "test", &source)
         .unwrap_or_else(|e| panic!("{service}: compose sets an invalid telemetry value: {e}"));
+    // Every main.rs reads SHUTDOWN_TIMEOUT_MS through lifecycle.
+    ShutdownConfig::from_env(&source)
+        .unwrap_or_else(|e| panic!("{service}: compose sets an invalid shutdown value: {e}"));
     read.into_inner()
 }
 
@@ -405,4 +412,119 @@ fn compose_sets_only_variables_the_services_read_with_matching_addresses() {
     let volumes = |name: &str| format!("{:?}", services[name]["volumes"]);
     assert!(volumes("otel-collector").contains("./otel-collector.yaml:"));
     assert!(volumes("jaeger").contains("./jaeger.yaml:"));
+}
+
+#[test]
+fn every_container_drops_all_capabilities_and_cannot_gain_privileges() {
+    // All of them, Kafka, the Collector and Jaeger included, run as non-root users and
+    // listen above 1024, so none needs a capability.
+    for (name, service) in &services(&compose()) {
+        let security_opt: Vec<String> = service["security_opt"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .map(text)
+            .collect();
+        assert!(
+            security_opt.iter().any(|o| o == "no-new-privileges:true"),
+            "{name}: security_opt {security_opt:?}"
+        );
+        let cap_drop: Vec<String> = service["cap_drop"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .map(text)
+            .collect();
+        assert_eq!(cap_drop, ["ALL"], "{name}: cap_drop");
+        assert!(
+            service.get("cap_add").is_none(),
+            "{name} adds capabilities back"
+        );
+        assert!(
+            service
+                .get("privileged")
+                .is_none_or(|p| p.as_bool() == Some(false)),
+            "{name} is privileged"
+        );
+    }
+}
+
+#[test]
+fn kafka_keeps_its_topic_and_offsets_on_a_named_volume() {
+    let compose = compose();
+    let kafka = &services(&compose)["kafka"];
+    let env = environment(kafka);
+    // The image's own data directory: it is owned by the image's user (appuser), and a
+    // named volume mounted there starts with that ownership, so the broker can write it.
+    // The default, /tmp/kraft-combined-logs, is lost with the container.
+    let log_dirs = &env["KAFKA_LOG_DIRS"];
+    assert_eq!(log_dirs, "/var/lib/kafka/data");
+    let mounts: Vec<String> = kafka["volumes"]
+        .as_sequence()
+        .expect("kafka has volumes")
+        .iter()
+        .map(text)
+        .collect();
+    let volume = mounts
+        .iter()
+        .find_map(|m| m.strip_suffix(&format!(":{log_dirs}")))
+        .unwrap_or_else(|| panic!("{log_dirs} is not mounted: {mounts:?}"));
+    assert!(
+        compose["volumes"]
+            .as_mapping()
+            .unwrap()
+            .contains_key(volume),
+        "{volume} is not a named volume"
+    );
+    // A fixed cluster id: the storage formatted on the first start is recognised on the
+    // next, instead of being refused as another cluster's.
+    let cluster_id = &env["CLUSTER_ID"];
+    assert_eq!(
+        cluster_id.len(),
+        22,
+        "a base64 UUID, as kafka-storage makes"
+    );
+}
+
+/// `30s`, `1m`, `1m30s`: the forms of a compose duration this file uses.
+fn compose_duration(value: &str) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut number = String::new();
+    for c in value.chars() {
+        match c {
+            '0'..='9' => number.push(c),
+            'm' | 's' => {
+                let n: u64 = number.parse().unwrap();
+                total += Duration::from_secs(if c == 'm' { n * 60 } else { n });
+                number.clear();
+            }
+            other => panic!("unexpected {other:?} in duration {value:?}"),
+        }
+    }
+    assert!(number.is_empty(), "duration {value:?} lacks a unit");
+    total
+}
+
+#[test]
+fn docker_waits_longer_than_our_shutdown_deadline_and_flush() {
+    // opentelemetry_sdk bounds the provider's shutdown (the flush) at 5 s.
+    const FLUSH: Duration = Duration::from_secs(5);
+    let services = services(&compose());
+    for name in OUR_SERVICES {
+        let env = environment(&services[name]);
+        let source = |key: &str| env.get(key).cloned();
+        let deadline = ShutdownConfig::from_env(&source).unwrap().timeout;
+        let grace = compose_duration(&text(&services[name]["stop_grace_period"]));
+        assert!(
+            grace >= deadline + FLUSH,
+            "{name}: stop_grace_period {grace:?} < SHUTDOWN_TIMEOUT_MS {deadline:?} + flush {FLUSH:?}"
+        );
+        if name == "gateway" {
+            // The gateway's drain ends by itself before the deadline: each request within
+            // REQUEST_TIMEOUT_MS, each connection's headers within HEADER_READ_TIMEOUT_MS.
+            let config = gateway::Config::from_env(&source).unwrap();
+            assert!(config.request_timeout < deadline);
+            assert!(config.header_read_timeout < deadline);
+        }
+    }
 }
