@@ -10,6 +10,17 @@ use super::{Stack, wait_for};
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// A client that closes a pooled connection after 5 s idle: the gateway closes one idle
+/// for `HEADER_READ_TIMEOUT_MS` (10 s by default), and a request sent on a connection the
+/// server is closing at that moment fails (`IncompleteMessage`), as with any HTTP/1.1
+/// keep-alive. A client's idle timeout below the server's keeps the two from crossing.
+pub fn idle_safe_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_idle_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
 /// A blocking HTTP client on a runtime of its own (not one of the services').
 pub struct Client {
     pub runtime: tokio::runtime::Runtime,
@@ -23,7 +34,7 @@ impl Client {
                 .enable_all()
                 .build()
                 .unwrap(),
-            http: reqwest::Client::new(),
+            http: idle_safe_client(),
         }
     }
 

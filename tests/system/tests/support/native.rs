@@ -268,7 +268,7 @@ impl Services {
         let gateway = ServiceProcess::start("gateway", &dir, &gateway_env);
         let gateway_url = format!("http://{gateway_addr}");
 
-        let http = reqwest::Client::new();
+        let http = super::client::idle_safe_client();
         for url in [
             format!("http://{orders_health}/health/ready"),
             format!("{gateway_url}/health/ready"),
@@ -311,7 +311,7 @@ pub fn http_client() -> (tokio::runtime::Runtime, reqwest::Client) {
         .enable_all()
         .build()
         .unwrap();
-    (runtime, reqwest::Client::new())
+    (runtime, super::client::idle_safe_client())
 }
 
 /// Sends SIGSTOP or SIGCONT to a component of the native stack.
