@@ -13,7 +13,7 @@
 //! | `dlq.original.topic`        | where the record was consumed                      |
 //! | `dlq.original.partition`    | its partition, in decimal                          |
 //! | `dlq.original.offset`       | its offset, in decimal                             |
-//! | `dlq.original.traceparent`  | the record's own `traceparent` (likewise `tracestate` and `baggage`, when the record had them) |
+//! | `dlq.original.traceparent`  | the record's own `traceparent`; likewise `dlq.original.tracestate` and `dlq.original.baggage` when the propagator writes those for the DLQ span too |
 //!
 //! `traceparent` itself is the DLQ PRODUCER span's, as on any record sent: whoever
 //! consumes the dead letter continues the trace from the write that put it there, a

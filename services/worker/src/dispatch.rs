@@ -15,8 +15,9 @@
 //! - **Offsets.** A lane stores a record's offset once the record is fully handled
 //!   (processed or dead-lettered), in order; auto-commit and shutdown commit what is
 //!   stored. A record whose handling is interrupted is not stored, so it comes again.
-//! - **Rebalance.** Lanes of revoked partitions are stopped: they finish the record in
-//!   hand, whose offset can no longer be stored, so its new owner handles it again.
+//! - **Rebalance.** Lanes of revoked partitions are stopped: each finishes its record in
+//!   hand, or abandons it if it was waiting to retry; either way its offset can no
+//!   longer be stored, so the partition's new owner handles it again.
 //! - **Shutdown.** No more records are taken; each lane finishes the record in hand or
 //!   leaves it unstored if shutdown cut a retry short; then the offsets are committed.
 
