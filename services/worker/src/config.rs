@@ -1,4 +1,5 @@
-//! Settings from the environment (defaults fit `docker compose up` and local runs).
+//! Settings from the environment (defaults fit `docker compose up` and local runs). No hop
+//! of its own: it names the topics and the endpoint the worker's hops use.
 
 use std::net::SocketAddr;
 
