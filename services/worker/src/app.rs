@@ -1,5 +1,6 @@
-//! Builds the worker (Kafka consumer, gRPC client, health endpoint) and runs it until the
-//! shutdown token is cancelled.
+//! Builds the worker (Kafka consumer, dead-letter producer, gRPC client, health endpoint)
+//! and runs it until the shutdown token is cancelled. Hop: none of its own; it wires the
+//! pieces that make the worker's spans.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,20 +9,28 @@ use std::time::Duration;
 use anyhow::Context as _;
 use lifecycle::health::{self, Readiness};
 use proto::order::v1::SERVICE_NAME;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
+use telemetry::propagation::kafka::KafkaClient;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::transport::Channel;
 
 use crate::config::Config;
-use crate::consumer;
+use crate::consumer::{self, CLIENT_ID, Revocations, WorkerConsumer};
+use crate::dead_letter::DeadLetters;
+use crate::dispatch::{self, LANE_CAPACITY};
+use crate::process::Processor;
 use crate::reporting::Reporter;
+
+/// How long shutdown waits for dead letters still in flight.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Application {
     config: Config,
-    consumer: Arc<StreamConsumer>,
-    reporter: Reporter,
+    consumer: Arc<WorkerConsumer>,
+    revocations: Revocations,
+    processor: Processor,
     order_service_health: Channel,
     health_listener: TcpListener,
 }
@@ -37,16 +46,26 @@ impl std::fmt::Debug for Application {
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let consumer = consumer::create(&config).context("creating Kafka consumer")?;
+        let (consumer, revocations) = consumer::create(&consumer::settings(&config), &config.topic)
+            .context("creating Kafka consumer")?;
+        let dead_letters = DeadLetters::new(&config).context("creating Kafka producer")?;
         let order_service = proto::client::connect(&config.order_service)
             .with_context(|| format!("ORDER_SERVICE_URL={}", config.order_service.url))?;
         let health_listener = TcpListener::bind(config.health_addr)
             .await
             .with_context(|| format!("binding HEALTH_ADDR={}", config.health_addr))?;
+        let processor = Processor {
+            kafka: KafkaClient::new(CLIENT_ID, &config.bootstrap_servers),
+            group_id: config.group_id.clone(),
+            reporter: Reporter::new(order_service.client),
+            dead_letters,
+            retry: config.retry,
+        };
         Ok(Self {
             config,
             consumer,
-            reporter: Reporter::new(order_service.client),
+            revocations,
+            processor,
             order_service_health: order_service.health,
             health_listener,
         })
@@ -56,7 +75,8 @@ impl Application {
         self.health_listener.local_addr()
     }
 
-    /// Consumes until `shutdown`, finishes the record in hand, commits offsets.
+    /// Consumes until `shutdown`; each partition's lane finishes its record in hand, then
+    /// the offsets are committed and the dead letters flushed.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let readiness = Readiness::default();
         let tasks = TaskTracker::new();
@@ -74,10 +94,28 @@ impl Application {
         ));
         tasks.close();
 
-        tracing::info!(topic = %self.config.topic, group = %self.config.group_id, "worker consuming");
-        let result = consumer::run(self.consumer, &self.config, self.reporter, shutdown.clone())
-            .await
-            .context("consuming");
+        tracing::info!(topic = %self.config.topic, group = %self.config.group_id, dlq = %self.config.dlq_topic, "worker consuming");
+        let processor = Arc::new(self.processor);
+        let handle = {
+            let processor = Arc::clone(&processor);
+            move |record, stop| {
+                let processor = Arc::clone(&processor);
+                async move { processor.handle(record, stop).await }
+            }
+        };
+        let result = dispatch::run(
+            self.consumer,
+            self.revocations,
+            LANE_CAPACITY,
+            handle,
+            shutdown.clone(),
+        )
+        .await
+        .context("consuming");
+        // Every lane has stopped, so every write was awaited; this only makes sure.
+        if let Err(error) = processor.dead_letters.flush(FLUSH_TIMEOUT) {
+            tracing::warn!(%error, "dead letters not flushed");
+        }
         // Whatever ended the loop, the rest of the service stops too.
         shutdown.cancel();
         tasks.wait().await;
@@ -89,7 +127,7 @@ impl Application {
 /// Ready while Kafka and the order-service answer.
 async fn watch_dependencies(
     readiness: Readiness,
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<WorkerConsumer>,
     topic: String,
     order_service: Channel,
     shutdown: CancellationToken,

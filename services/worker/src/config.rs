@@ -1,9 +1,15 @@
-//! Settings from the environment (defaults fit `docker compose up` and local runs).
+//! Settings from the environment (defaults fit `docker compose up` and local runs). No hop
+//! of its own: it names the topics and the endpoint the worker's hops use.
 
 use std::net::SocketAddr;
 
 use proto::client::ClientConfig;
-use settings::{SettingError, Source, parse_or, string_or};
+use settings::{SettingError, Source, millis_or, parse_or, string_or};
+
+use crate::failure::RetryPolicy;
+
+/// Default `KAFKA_DLQ_TOPIC`.
+pub const DLQ_TOPIC: &str = "orders.dlq";
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -14,6 +20,13 @@ pub struct Config {
     /// `KAFKA_GROUP_ID`: the consumer group; workers in one group share the partitions
     /// (default `worker`).
     pub group_id: String,
+    /// `KAFKA_DLQ_TOPIC`: where records that can never be handled go (default
+    /// `orders.dlq`). Created by Kafka on the first write where topics are auto-created,
+    /// otherwise by the operator.
+    pub dlq_topic: String,
+    /// How failures are retried; `WORKER_RETRY_MAX_BACKOFF_MS` sets the longest wait
+    /// between two tries (default 5000). See `failure.rs`.
+    pub retry: RetryPolicy,
     /// `ORDER_SERVICE_*`: where outcomes are reported, and how long one call may take.
     pub order_service: ClientConfig,
     /// `HEALTH_ADDR`: the liveness/readiness HTTP endpoint (default `0.0.0.0:8081`).
@@ -22,10 +35,29 @@ pub struct Config {
 
 impl Config {
     pub fn from_env(source: &impl Source) -> Result<Self, SettingError> {
+        let topic = string_or(source, "KAFKA_TOPIC", proto::events::ORDERS_TOPIC);
+        let dlq_topic = string_or(source, "KAFKA_DLQ_TOPIC", DLQ_TOPIC);
+        if dlq_topic == topic {
+            // Every dead letter would be consumed and dead-lettered again, for ever.
+            return Err(SettingError::new(
+                "KAFKA_DLQ_TOPIC",
+                &dlq_topic,
+                "must differ from KAFKA_TOPIC",
+            ));
+        }
         Ok(Self {
             bootstrap_servers: string_or(source, "KAFKA_BOOTSTRAP_SERVERS", "localhost:9092"),
-            topic: string_or(source, "KAFKA_TOPIC", proto::events::ORDERS_TOPIC),
+            topic,
             group_id: string_or(source, "KAFKA_GROUP_ID", "worker"),
+            dlq_topic,
+            retry: RetryPolicy {
+                max_backoff: millis_or(
+                    source,
+                    "WORKER_RETRY_MAX_BACKOFF_MS",
+                    RetryPolicy::default().max_backoff,
+                )?,
+                ..RetryPolicy::default()
+            },
             order_service: ClientConfig::from_source(source)?,
             health_addr: parse_or(source, "HEALTH_ADDR", ([0, 0, 0, 0], 8081).into())?,
         })
@@ -40,11 +72,24 @@ mod tests {
         ("HEALTH_ADDR", "localhost"),
         ("ORDER_SERVICE_URL", "grpc://x"),
         ("ORDER_SERVICE_TIMEOUT_MS", "-1"),
+        ("WORKER_RETRY_MAX_BACKOFF_MS", "0"),
+        ("WORKER_RETRY_MAX_BACKOFF_MS", "5s"),
+        ("KAFKA_DLQ_TOPIC", "orders"),
     ];
 
     #[test]
     fn defaults_need_no_variable_and_bad_values_name_theirs() {
-        assert!(Config::from_env(&|_: &str| None).is_ok());
+        let defaults = Config::from_env(&|_: &str| None).unwrap();
+        assert_eq!(defaults.dlq_topic, "orders.dlq");
+        assert_eq!(defaults.retry, RetryPolicy::default());
+        let source = |k: &str| match k {
+            "KAFKA_DLQ_TOPIC" => Some("orders.dead".to_owned()),
+            "WORKER_RETRY_MAX_BACKOFF_MS" => Some("30000".to_owned()),
+            _ => None,
+        };
+        let set = Config::from_env(&source).unwrap();
+        assert_eq!(set.dlq_topic, "orders.dead");
+        assert_eq!(set.retry.max_backoff, std::time::Duration::from_secs(30));
         for (key, value) in BAD {
             let source = |k: &str| (k == *key).then(|| value.to_string());
             let error = Config::from_env(&source).unwrap_err();
