@@ -436,6 +436,7 @@ fn an_order_service_that_is_silent_then_gone_is_waited_out_and_the_order_complet
                 sku: "SKU-1".into(),
                 quantity: 1,
             }],
+            ..Default::default()
         };
         client
             .create_order(request)
