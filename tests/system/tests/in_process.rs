@@ -274,7 +274,7 @@ fn unknown_orders_are_404_and_bad_orders_are_400_at_both_layers() {
 }
 
 #[test]
-fn a_poison_message_is_recorded_skipped_and_does_not_stop_the_worker() {
+fn a_poison_message_is_recorded_dead_lettered_and_does_not_stop_the_worker() {
     let stack = Stack::start();
     let client = Client::new();
 
