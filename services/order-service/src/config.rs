@@ -75,11 +75,6 @@ mod tests {
 
     #[test]
     fn defaults_need_no_variable_and_bad_values_name_theirs() {
-        assert!(Config::from_env(&|_: &str| None).is_ok());
-        for (key, value) in BAD {
-            let source = |k: &str| (k == *key).then(|| value.to_string());
-            let error = Config::from_env(&source).unwrap_err();
-            assert_eq!(error.variable, *key, "{key}={value}");
-        }
+        settings::assert_defaults_and_named_errors(|source| Config::from_env(&source), BAD);
     }
 }

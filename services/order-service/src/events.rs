@@ -13,7 +13,6 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use telemetry::propagation::kafka::{self, KafkaClient};
 use telemetry::propagation::stored;
-use tracing::Instrument;
 
 use crate::config::KafkaConfig;
 use crate::outbox::Pending;
@@ -68,21 +67,9 @@ impl EventPublisher {
             .key(&entry.order_id)
             .payload(&entry.payload)
             .headers(headers);
-        match self
-            .producer
-            .send(record, Timeout::After(SEND_TIMEOUT))
-            .instrument(span.clone())
+        kafka::send_in_span(&self.producer, record, &span, SEND_TIMEOUT)
             .await
-        {
-            Ok(delivery) => {
-                kafka::record_delivery(&span, delivery.partition, delivery.offset);
-                Ok(())
-            }
-            Err((error, _record)) => {
-                kafka::record_send_failure(&span, &error);
-                Err(error)
-            }
-        }
+            .map(|_| ())
     }
 
     /// For readiness: the cluster answers a metadata request.

@@ -90,10 +90,6 @@ mod tests {
         let set = Config::from_env(&source).unwrap();
         assert_eq!(set.dlq_topic, "orders.dead");
         assert_eq!(set.retry.max_backoff, std::time::Duration::from_secs(30));
-        for (key, value) in BAD {
-            let source = |k: &str| (k == *key).then(|| value.to_string());
-            let error = Config::from_env(&source).unwrap_err();
-            assert_eq!(error.variable, *key, "{key}={value}");
-        }
+        settings::assert_defaults_and_named_errors(|source| Config::from_env(&source), BAD);
     }
 }

@@ -33,7 +33,6 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use telemetry::propagation::kafka::{self, KafkaClient};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 use crate::config::Config;
 use crate::consumer::CLIENT_ID;
@@ -116,24 +115,15 @@ impl DeadLetters {
             timestamp: None,
             headers: Some(headers(record, failure, &span)),
         };
-        match self
-            .producer
-            .send(dead_letter, Timeout::After(SEND_TIMEOUT))
-            .instrument(span.clone())
-            .await
-        {
-            Ok(delivery) => {
-                kafka::record_delivery(&span, delivery.partition, delivery.offset);
-                tracing::info!(topic = %self.topic, partition = delivery.partition, offset = delivery.offset, "record dead-lettered");
+        match kafka::send_in_span(&self.producer, dead_letter, &span, SEND_TIMEOUT).await {
+            Ok((partition, offset)) => {
+                tracing::info!(topic = %self.topic, partition, offset, "record dead-lettered");
                 Ok(())
             }
-            Err((error, _)) => {
-                kafka::record_send_failure(&span, &error);
-                Err(Failure::transient(
-                    "dead_letter_write",
-                    format!("writing to {}: {error}", self.topic),
-                ))
-            }
+            Err(error) => Err(Failure::transient(
+                "dead_letter_write",
+                format!("writing to {}: {error}", self.topic),
+            )),
         }
     }
 

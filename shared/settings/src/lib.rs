@@ -135,6 +135,28 @@ pub fn check_url(key: &str, value: &str) -> Result<(), SettingError> {
     }
 }
 
+/// For the services' configuration tests: every setting has a default (`parse` succeeds
+/// with nothing set), and each `(variable, bad value)` of `bad`, set alone, fails `parse`
+/// with an error naming that variable.
+///
+/// # Panics
+///
+/// When either does not hold: it is an assertion.
+pub fn assert_defaults_and_named_errors<T: std::fmt::Debug>(
+    parse: impl Fn(&dyn Fn(&str) -> Option<String>) -> Result<T, SettingError>,
+    bad: &[(&str, &str)],
+) {
+    if let Err(error) = parse(&|_: &str| None) {
+        panic!("the defaults do not parse: {error}");
+    }
+    for (variable, value) in bad {
+        match parse(&|key: &str| (key == *variable).then(|| (*value).to_owned())) {
+            Ok(parsed) => panic!("{variable}={value:?} was accepted: {parsed:?}"),
+            Err(error) => assert_eq!(error.variable, *variable, "{variable}={value:?}: {error}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,8 @@
 //! OpenTelemetry, so the carriers are here, next to the spans that use them.
 //!
 //! - Producer: [`KafkaClient::producer_span`] (`send {topic}`, kind PRODUCER), then
-//!   [`inject_headers`] writes *that span's* context into the record.
+//!   [`inject_headers`] writes *that span's* context into the record, and
+//!   [`send_in_span`] sends it, keeping the span open until the broker answers.
 //! - Consumer: [`KafkaClient::consumer_span`] (`process {topic}`, kind CONSUMER) extracts
 //!   it, makes the producer span its parent (one trace per order) and also links to it,
 //!   as the messaging conventions ask.
@@ -11,7 +12,13 @@
 
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::TraceContextExt;
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, ToBytes};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use tracing::Instrument;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -105,8 +112,8 @@ impl KafkaClient {
     }
 
     /// The PRODUCER span for publishing one record. Create it inside the span of the work
-    /// that publishes, inject its context with [`inject_headers`], and keep it open until
-    /// the broker acknowledges: [`record_delivery`].
+    /// that publishes, inject its context with [`inject_headers`], and send with
+    /// [`send_in_span`].
     pub fn producer_span(&self, topic: &str, key: &str) -> tracing::Span {
         tracing::info_span!(
             "Kafka send",
@@ -171,15 +178,38 @@ impl KafkaClient {
     }
 }
 
-/// Records where the broker stored the record.
-pub fn record_delivery(span: &tracing::Span, partition: i32, offset: i64) {
-    span.record("messaging.destination.partition.id", partition.to_string());
-    span.record("messaging.kafka.offset", offset);
-}
-
-/// Records a failed send on its PRODUCER span.
-pub fn record_send_failure(span: &tracing::Span, error: &impl std::fmt::Display) {
-    mark_error(span, "kafka", &error.to_string());
+/// Sends `record` inside `span`, a PRODUCER span from [`KafkaClient::producer_span`] whose
+/// context the caller has injected into the record's headers ([`inject_headers`]). The
+/// span stays open until the broker answers, so it covers the whole send, and records
+/// where the record was stored, or marks the failure. Returns (partition, offset).
+pub async fn send_in_span<K, P>(
+    producer: &FutureProducer,
+    record: FutureRecord<'_, K, P>,
+    span: &tracing::Span,
+    timeout: Duration,
+) -> Result<(i32, i64), KafkaError>
+where
+    K: ToBytes + ?Sized,
+    P: ToBytes + ?Sized,
+{
+    match producer
+        .send(record, Timeout::After(timeout))
+        .instrument(span.clone())
+        .await
+    {
+        Ok(delivery) => {
+            span.record(
+                "messaging.destination.partition.id",
+                delivery.partition.to_string(),
+            );
+            span.record("messaging.kafka.offset", delivery.offset);
+            Ok((delivery.partition, delivery.offset))
+        }
+        Err((error, _record)) => {
+            mark_error(span, "kafka", &error.to_string());
+            Err(error)
+        }
+    }
 }
 
 #[cfg(test)]
