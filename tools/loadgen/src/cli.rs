@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::procstat::Watched;
 use crate::target::Target;
 
 /// Closed loop when neither `--connections` nor `--rate` is given.
@@ -107,6 +108,11 @@ pub struct Args {
     /// No progress line on stderr.
     #[arg(long)]
     pub no_progress: bool,
+
+    /// Also report this process's CPU time over the load's window, per request, and its
+    /// peak memory (Linux /proc; repeatable: --cpu-of gateway=4242 --cpu-of worker=4243).
+    #[arg(long = "cpu-of", value_name = "NAME=PID", value_parser = Watched::parse)]
+    pub cpu_of: Vec<Watched>,
 }
 
 /// How requests are paced.
@@ -260,6 +266,7 @@ mod tests {
             (&["--duration", "0s"], "more than zero"),
             (&["--duration", "10d"], "30s, 500ms or 2m"),
             (&["--requests", "0"], "--requests"),
+            (&["--cpu-of", "gateway"], "NAME=PID"),
         ] {
             let message = refused(args);
             assert!(message.contains(says), "{args:?}: {message}");

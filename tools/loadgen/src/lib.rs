@@ -15,10 +15,12 @@
 //! - `requests.rs`: one request as a traced client sends it.
 //! - `tracker.rs`: created orders polled until final, or lost.
 //! - `stats.rs`: histograms and counters. `report.rs`: the table and the JSON.
+//! - `procstat.rs`: `--cpu-of`, the CPU time and peak memory of the processes under load.
 //! - `run.rs`: the two loops, the progress line, the summary.
 
 pub mod cli;
 pub mod mix;
+pub mod procstat;
 pub mod report;
 pub mod requests;
 pub mod run;

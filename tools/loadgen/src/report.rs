@@ -91,6 +91,19 @@ pub struct Orders {
     pub deadline_seconds: f64,
 }
 
+/// `--cpu-of`: one process under load.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProcessFigures {
+    pub name: String,
+    pub pid: u32,
+    /// User plus system CPU time during the load (`None`: the process was gone at its end).
+    pub cpu_ms: Option<u64>,
+    /// Divided by every HTTP request sent during the load, tracking polls included.
+    pub cpu_ms_per_request: Option<f64>,
+    /// `VmHWM` at the end of the run.
+    pub peak_rss_kib: Option<u64>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
     pub target: String,
@@ -116,6 +129,9 @@ pub struct Summary {
     pub poll: Option<RequestRow>,
     pub open_loop: Option<OpenLoop>,
     pub orders: Option<Orders>,
+    /// Tracking polls answered before the load stopped (the rest came after).
+    pub polls_during_load: u64,
+    pub processes: Vec<ProcessFigures>,
     /// 201 answers without a readable order id (neither read again nor tracked).
     pub unreadable_bodies: u64,
 }
@@ -247,10 +263,40 @@ pub fn render(summary: &Summary) -> String {
             summary.unreadable_bodies
         );
     }
+    if !summary.processes.is_empty() {
+        render_processes(&mut out, &summary.processes);
+    }
     if let Some(orders) = &summary.orders {
         render_orders(&mut out, orders);
     }
     out
+}
+
+fn render_processes(out: &mut String, processes: &[ProcessFigures]) {
+    let _ = writeln!(
+        out,
+        "\n| process | CPU ms during the load | CPU ms per request | peak RSS MiB |\n|:--|--:|--:|--:|"
+    );
+    for p in processes {
+        let or_dash = |value: Option<String>| value.unwrap_or_else(|| "-".to_owned());
+        let _ = writeln!(
+            out,
+            "| {} (pid {}) | {} | {} | {} |",
+            p.name,
+            p.pid,
+            or_dash(p.cpu_ms.map(|ms| ms.to_string())),
+            or_dash(p.cpu_ms_per_request.map(|ms| format!("{ms:.3}"))),
+            or_dash(
+                p.peak_rss_kib
+                    .map(|kib| format!("{:.1}", kib as f64 / 1024.0))
+            ),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nCPU per request: user + system time during the load, divided by every HTTP request \
+         sent during it, tracking polls included."
+    );
 }
 
 fn render_orders(out: &mut String, orders: &Orders) {
@@ -396,6 +442,14 @@ mod tests {
                 poll_interval_ms: 100.0,
                 deadline_seconds: 30.0,
             }),
+            polls_during_load: 0,
+            processes: vec![ProcessFigures {
+                name: "gateway".to_owned(),
+                pid: 42,
+                cpu_ms: Some(300),
+                cpu_ms_per_request: Some(0.15),
+                peak_rss_kib: Some(12288),
+            }],
             unreadable_bodies: 0,
         }
     }
@@ -418,6 +472,10 @@ mod tests {
             "{table}"
         );
         assert!(table.contains("3 overflow"), "{table}");
+        assert!(
+            table.contains("| gateway (pid 42) | 300 | 0.150 | 12.0 |"),
+            "{table}"
+        );
         assert!(
             table.contains("| created → final | 1000 | 999 | 900 | 99 | 0 | 1 | 99.9 |"),
             "{table}"
@@ -448,5 +506,6 @@ mod tests {
         assert_eq!(json["orders"]["lost_orders"][0]["order_id"], "o-1");
         assert_eq!(json["open_loop"]["overflow"], 3);
         assert_eq!(json["http_requests"], 2000);
+        assert_eq!(json["processes"][0]["cpu_ms_per_request"], 0.15);
     }
 }

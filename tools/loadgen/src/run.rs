@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::cli::{Args, Load};
 use crate::mix::{Mix, Plan};
-use crate::report::{OpenLoop, Orders, Percentiles, RequestRow, Summary};
+use crate::report::{OpenLoop, Orders, Percentiles, ProcessFigures, RequestRow, Summary};
 use crate::requests::Client;
 use crate::schedule::Timetable;
 use crate::stats::{Kind, Outcome, Stats};
@@ -61,6 +61,14 @@ pub async fn run(args: &Args, traced: bool, cancel: CancellationToken) -> anyhow
         tracker: inbox,
     });
 
+    // `--cpu-of`: a process that cannot be read now is a mistake in the flags.
+    let cpu_before = args
+        .cpu_of
+        .iter()
+        .map(|process| process.cpu_ms())
+        .collect::<Result<Vec<u64>, String>>()
+        .map_err(anyhow::Error::msg)?;
+
     let start = Instant::now();
     let progress_done = CancellationToken::new();
     let progress = (!args.no_progress).then(|| {
@@ -97,6 +105,19 @@ pub async fn run(args: &Args, traced: bool, cancel: CancellationToken) -> anyhow
     };
     let load_elapsed = start.elapsed();
     let pending_at_load_end = stats.live.pending_orders.load(Ordering::Relaxed).max(0) as u64;
+    let polls_during_load = stats.live.done[Kind::Poll as usize].load(Ordering::Relaxed);
+    // A process that exited meanwhile has no figure; the others still do.
+    let cpu_during_load: Vec<Option<u64>> = args
+        .cpu_of
+        .iter()
+        .zip(&cpu_before)
+        .map(|(process, before)| {
+            process
+                .cpu_ms()
+                .ok()
+                .map(|after| after.saturating_sub(*before))
+        })
+        .collect();
 
     // The load's tasks have finished; dropping the last inbox tells the tracker that no
     // more orders are coming.
@@ -111,6 +132,13 @@ pub async fn run(args: &Args, traced: bool, cancel: CancellationToken) -> anyhow
         let _ = progress.await;
     }
 
+    let processes = args
+        .cpu_of
+        .iter()
+        .zip(cpu_during_load)
+        .map(|(process, cpu_ms)| (process, cpu_ms, process.peak_rss_kib()))
+        .collect();
+
     Ok(summarise(SummaryInputs {
         args,
         traced,
@@ -121,6 +149,8 @@ pub async fn run(args: &Args, traced: bool, cancel: CancellationToken) -> anyhow
         open_loop,
         tracked,
         pending_at_load_end,
+        polls_during_load,
+        processes,
         start,
     }))
 }
@@ -323,6 +353,9 @@ struct SummaryInputs<'a> {
     open_loop: Option<OpenLoop>,
     tracked: Option<Tracked>,
     pending_at_load_end: u64,
+    polls_during_load: u64,
+    /// `--cpu-of`: each process, its CPU ms during the load, its peak RSS in KiB.
+    processes: Vec<(&'a crate::procstat::Watched, Option<u64>, Option<u64>)>,
     start: Instant,
 }
 
@@ -383,6 +416,20 @@ fn summarise(inputs: SummaryInputs<'_>) -> Summary {
             poll_interval_ms: settings.poll_interval.as_secs_f64() * 1000.0,
             deadline_seconds: settings.deadline.as_secs_f64(),
         });
+    let served_during_load = requests + inputs.polls_during_load;
+    let processes = inputs
+        .processes
+        .iter()
+        .map(|(process, cpu_ms, peak_rss_kib)| ProcessFigures {
+            name: process.name.clone(),
+            pid: process.pid,
+            cpu_ms: *cpu_ms,
+            cpu_ms_per_request: cpu_ms
+                .filter(|_| served_during_load > 0)
+                .map(|ms| ms as f64 / served_during_load as f64),
+            peak_rss_kib: *peak_rss_kib,
+        })
+        .collect();
     Summary {
         target: args.target.base().to_owned(),
         mode: if inputs.open_loop.is_some() {
@@ -407,6 +454,8 @@ fn summarise(inputs: SummaryInputs<'_>) -> Summary {
         poll,
         open_loop: inputs.open_loop,
         orders,
+        polls_during_load: inputs.polls_during_load,
+        processes,
         unreadable_bodies: stats.unreadable(),
     }
 }

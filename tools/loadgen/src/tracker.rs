@@ -26,8 +26,9 @@ use crate::mix::Expected;
 use crate::requests::Client;
 use crate::stats::{self, Kind, Outcome, Stats};
 
-/// Polls at the poll interval before backing off.
-const STEADY_POLLS: u32 = 5;
+/// Polls at the poll interval before backing off: most orders of a healthy pipeline are
+/// final by then.
+const STEADY_POLLS: u32 = 2;
 /// The longest wait between two polls of one order (unless the interval is longer).
 const MAX_POLL_GAP: Duration = Duration::from_secs(1);
 
@@ -317,7 +318,10 @@ mod tests {
         let delays: Vec<u64> = (0..10)
             .map(|a| poll_delay(interval, a).as_millis() as u64)
             .collect();
-        assert_eq!(delays, [100, 100, 100, 100, 100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(
+            delays,
+            [100, 100, 200, 400, 800, 1000, 1000, 1000, 1000, 1000]
+        );
         // A poll interval longer than the cap is kept as it is.
         assert_eq!(
             poll_delay(Duration::from_secs(3), 40),
