@@ -2,14 +2,17 @@
 //! `GET /api/orders/{id}`, which measures the whole pipeline (gateway, order-service,
 //! outbox, Kafka, worker) rather than the HTTP answer alone.
 //!
-//! An order's first polls come at the poll interval; one still pending after a few is
-//! polled less and less often, and at most `poll_connections` polls are in flight at
-//! once, most overdue first. So a backlog of pending orders (a worker that cannot keep
-//! up) adds a bounded load to the gateway instead of a flood of GETs. An order that is
-//! not final by its deadline is **lost**, and reported by id and trace id.
+//! An order's first two polls come at the poll interval, later ones ever less often (up
+//! to a second apart). Polls run on at most `poll_connections` connections and within a
+//! budget that follows the pipeline: two polls per order created and four per order seen
+//! final over the last second, plus a floor. So a backlog of pending orders (a worker
+//! that cannot keep up) is polled at the pace orders leave it, oldest first, instead of
+//! flooding the gateway with GETs that can only answer PENDING. An order that is not
+//! final by its deadline is **lost**, and reported by id and trace id; the poll at the
+//! deadline, which decides that, never waits for the budget.
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering as Atomic;
 use std::time::Duration;
@@ -31,6 +34,15 @@ use crate::stats::{self, Kind, Outcome, Stats};
 const STEADY_POLLS: u32 = 2;
 /// The longest wait between two polls of one order (unless the interval is longer).
 const MAX_POLL_GAP: Duration = Duration::from_secs(1);
+
+/// Polls a second that need no reason: enough to notice a stalled pipeline moving again.
+const POLL_FLOOR_PER_SECOND: f64 = 50.0;
+/// A healthy pipeline needs about two polls per order: one too early, one that sees it final.
+const POLLS_PER_CREATED: f64 = 2.0;
+/// A backlog needs polls only as fast as orders leave it, with room to notice a speed-up.
+const POLLS_PER_FINAL: f64 = 4.0;
+/// The budget may be spent this far ahead (a quarter of a second's worth).
+const BURST: f64 = 0.25;
 
 /// How long to wait before poll number `attempt + 1` of an order (`attempt` from 0):
 /// the interval for the first few, then doubling up to a second.
@@ -151,6 +163,109 @@ impl PartialEq for Pending {
 }
 impl Eq for Pending {}
 
+/// The same order in the queue of due polls, where the oldest goes first.
+#[derive(Debug)]
+struct Oldest(Pending);
+
+impl Ord for Oldest {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.seq.cmp(&other.0.seq)
+    }
+}
+impl PartialOrd for Oldest {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl PartialEq for Oldest {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Oldest {}
+
+/// The poll budget: a token bucket whose rate follows the orders created and the orders
+/// seen final over the last second.
+#[derive(Debug)]
+struct Pacer {
+    started: Instant,
+    last: Instant,
+    tokens: f64,
+    created: VecDeque<Instant>,
+    finals: VecDeque<Instant>,
+}
+
+impl Pacer {
+    fn new(now: Instant) -> Self {
+        Self {
+            started: now,
+            last: now,
+            tokens: 1.0,
+            created: VecDeque::new(),
+            finals: VecDeque::new(),
+        }
+    }
+
+    fn created(&mut self, at: Instant) {
+        self.created.push_back(at);
+    }
+
+    fn finished(&mut self, at: Instant) {
+        self.finals.push_back(at);
+    }
+
+    /// Polls per second allowed at `now`.
+    fn rate(&mut self, now: Instant) -> f64 {
+        const WINDOW: Duration = Duration::from_secs(1);
+        for events in [&mut self.created, &mut self.finals] {
+            while events
+                .front()
+                .is_some_and(|&at| now.duration_since(at) > WINDOW)
+            {
+                events.pop_front();
+            }
+        }
+        // In the first second the counts cover only the time since the start.
+        let span = now
+            .duration_since(self.started)
+            .clamp(Duration::from_millis(100), WINDOW)
+            .as_secs_f64();
+        POLL_FLOOR_PER_SECOND
+            + (POLLS_PER_CREATED * self.created.len() as f64
+                + POLLS_PER_FINAL * self.finals.len() as f64)
+                / span
+    }
+
+    fn refill(&mut self, now: Instant) -> f64 {
+        let rate = self.rate(now);
+        let earned = now.duration_since(self.last).as_secs_f64() * rate;
+        self.tokens = (self.tokens + earned).min((rate * BURST).max(1.0));
+        self.last = now;
+        rate
+    }
+
+    /// Spends one poll of the budget, if there is one.
+    fn try_take(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// When the budget next allows a poll.
+    fn next_token(&mut self, now: Instant) -> Instant {
+        let rate = self.refill(now);
+        if self.tokens >= 1.0 {
+            now
+        } else {
+            now + Duration::from_secs_f64((1.0 - self.tokens) / rate)
+        }
+    }
+}
+
 /// What one poll saw.
 #[derive(Debug)]
 enum Seen {
@@ -180,37 +295,63 @@ async fn track(
         latency: stats::histogram(),
         last_final: None,
     };
+    // Orders waiting for their next poll, by due time; and orders whose poll is due,
+    // oldest first: in a backlog the oldest are the next to be final, so the budget goes
+    // where the answers are.
     let mut waiting: BinaryHeap<Reverse<Pending>> = BinaryHeap::new();
+    let mut ready: BinaryHeap<Reverse<Oldest>> = BinaryHeap::new();
     let mut polls: JoinSet<(Pending, Seen)> = JoinSet::new();
+    let mut pacer = Pacer::new(Instant::now());
     let mut input_open = true;
     let mut seq = 0;
     let slots = settings.poll_connections as usize;
 
     loop {
-        // Start every poll that is due while a connection is free, most overdue first.
         let now = Instant::now();
-        while polls.len() < slots && waiting.peek().is_some_and(|p| p.0.due <= now) {
+        while waiting.peek().is_some_and(|p| p.0.due <= now) {
             if let Some(Reverse(pending)) = waiting.pop() {
-                let (client, stats, cancel) = (client.clone(), stats.clone(), cancel.clone());
-                polls.spawn(async move {
-                    let seen = tokio::select! {
-                        biased;
-                        () = cancel.cancelled() => Seen::Interrupted,
-                        seen = poll(&client, &stats, &pending.order.order_id) => seen,
-                    };
-                    (pending, seen)
-                });
+                ready.push(Reverse(Oldest(pending)));
             }
         }
-        if !input_open && waiting.is_empty() && polls.is_empty() {
+        while polls.len() < slots {
+            let Some(Reverse(Oldest(front))) = ready.peek() else {
+                break;
+            };
+            // The poll at the deadline decides between final and lost: it never waits.
+            let decisive = front.due >= front.deadline;
+            if !decisive && !pacer.try_take(now) {
+                break;
+            }
+            let Some(Reverse(Oldest(pending))) = ready.pop() else {
+                break;
+            };
+            let (client, stats, cancel) = (client.clone(), stats.clone(), cancel.clone());
+            polls.spawn(async move {
+                let seen = tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => Seen::Interrupted,
+                    seen = poll(&client, &stats, &pending.order.order_id) => seen,
+                };
+                (pending, seen)
+            });
+        }
+        if !input_open && waiting.is_empty() && ready.is_empty() && polls.is_empty() {
             break;
         }
-        let next_due = (polls.len() < slots)
-            .then(|| waiting.peek().map(|p| p.0.due))
+        // With a connection free: wake when the budget allows the next due poll, or when
+        // the next poll falls due.
+        let wake = (polls.len() < slots)
+            .then(|| {
+                let token = (!ready.is_empty()).then(|| pacer.next_token(now));
+                token
+                    .into_iter()
+                    .chain(waiting.peek().map(|p| p.0.due))
+                    .min()
+            })
             .flatten();
         tokio::select! {
             biased;
-            () = cancel.cancelled(), if !waiting.is_empty() || input_open => {
+            () = cancel.cancelled(), if !waiting.is_empty() || !ready.is_empty() || input_open => {
                 // Stop taking orders; what waits for a poll is lost, and polls in flight
                 // return Interrupted by themselves.
                 input_open = false;
@@ -223,10 +364,14 @@ async fn track(
                 for Reverse(pending) in waiting.drain() {
                     lose(&mut result, &stats, pending.order, "interrupted");
                 }
+                for Reverse(Oldest(pending)) in ready.drain() {
+                    lose(&mut result, &stats, pending.order, "interrupted");
+                }
             }
             order = received.recv(), if input_open => match order {
                 Some(order) => {
                     result.created += 1;
+                    pacer.created(Instant::now());
                     stats.live.pending_orders.fetch_add(1, Atomic::Relaxed);
                     let (due, deadline) = (order.at + settings.poll_interval, order.at + settings.deadline);
                     waiting.push(Reverse(Pending { order, due, deadline, attempts: 0, seq }));
@@ -245,6 +390,7 @@ async fn track(
                         stats.live.finals.fetch_add(1, Atomic::Relaxed);
                         stats.live.pending_orders.fetch_sub(1, Atomic::Relaxed);
                         result.last_final = Some(now);
+                        pacer.finished(now);
                         let seen_as = if status == "FULFILLED" { Expected::Fulfilled } else { Expected::Failed };
                         match seen_as {
                             Expected::Fulfilled => result.fulfilled += 1,
@@ -269,7 +415,7 @@ async fn track(
                     Seen::Interrupted => lose(&mut result, &stats, pending.order, "interrupted"),
                 }
             }
-            () = sleep_until(next_due), if next_due.is_some() => {}
+            () = sleep_until(wake), if wake.is_some() => {}
         }
     }
     result
@@ -311,6 +457,41 @@ async fn poll(client: &Client, stats: &Stats, order_id: &str) -> Seen {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_budget_follows_orders_created_and_finished() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut pacer = Pacer::new(t0);
+        assert_eq!(pacer.rate(at(2000)), POLL_FLOOR_PER_SECOND);
+        let mut pacer = Pacer::new(t0);
+        for _ in 0..100 {
+            pacer.created(at(400));
+        }
+        for _ in 0..10 {
+            pacer.finished(at(450));
+        }
+        // Half a second in: 100 created and 10 final in 0.5 s.
+        assert_eq!(pacer.rate(at(500)), 50.0 + (2.0 * 100.0 + 4.0 * 10.0) / 0.5);
+        // A second later the window has moved past them: the floor again.
+        assert_eq!(pacer.rate(at(1500)), POLL_FLOOR_PER_SECOND);
+    }
+
+    #[test]
+    fn the_budget_is_spent_and_earned_back_at_its_rate() {
+        let t0 = Instant::now();
+        let mut pacer = Pacer::new(t0);
+        // At the floor of 50/s: one poll now, the next 20 ms later.
+        assert!(pacer.try_take(t0));
+        assert!(!pacer.try_take(t0));
+        let next = pacer.next_token(t0);
+        assert_eq!(next.duration_since(t0).as_millis(), 20);
+        assert!(pacer.try_take(next));
+        // Unspent budget is kept only a quarter of a second's worth.
+        let later = t0 + Duration::from_secs(10);
+        let taken = (0..100).take_while(|_| pacer.try_take(later)).count();
+        assert_eq!(taken, 12);
+    }
 
     #[test]
     fn polls_back_off_to_once_a_second() {
