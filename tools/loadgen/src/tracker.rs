@@ -3,13 +3,15 @@
 //! outbox, Kafka, worker) rather than the HTTP answer alone.
 //!
 //! An order's first two polls come at the poll interval, later ones ever less often (up
-//! to a second apart). Polls run on at most `poll_connections` connections and within a
-//! budget that follows the pipeline: two polls per order created and four per order seen
-//! final over the last second, plus a floor. So a backlog of pending orders (a worker
-//! that cannot keep up) is polled at the pace orders leave it, oldest first, instead of
-//! flooding the gateway with GETs that can only answer PENDING. An order that is not
-//! final by its deadline is **lost**, and reported by id and trace id; the poll at the
-//! deadline, which decides that, never waits for the budget.
+//! to a second apart), the most overdue first. Polls run on at most `poll_connections`
+//! connections and within a budget that follows the pipeline: two polls per order
+//! created and four per order seen final over the last second, one per pending order
+//! every ten seconds, plus a floor. So a backlog of pending orders (a worker that cannot
+//! keep up) is polled at about the pace orders leave it, each order still looked at
+//! every ten seconds or so, instead of flooding the gateway with GETs that can only
+//! answer PENDING. An order that is not final by its deadline is **lost**, and reported
+//! by id and trace id; the poll at the deadline, which decides that, never waits for
+//! the budget.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BinaryHeap, VecDeque};
@@ -41,6 +43,10 @@ const POLL_FLOOR_PER_SECOND: f64 = 50.0;
 const POLLS_PER_CREATED: f64 = 2.0;
 /// A backlog needs polls only as fast as orders leave it, with room to notice a speed-up.
 const POLLS_PER_FINAL: f64 = 4.0;
+/// Every pending order gets a poll at least this often, whatever else the budget says:
+/// orders finish out of creation order (one consumer, several partitions), and one
+/// finished among many pending ones must still be seen.
+const LONGEST_UNPOLLED: Duration = Duration::from_secs(10);
 /// The budget may be spent this far ahead (a quarter of a second's worth).
 const BURST: f64 = 0.25;
 
@@ -163,29 +169,8 @@ impl PartialEq for Pending {
 }
 impl Eq for Pending {}
 
-/// The same order in the queue of due polls, where the oldest goes first.
-#[derive(Debug)]
-struct Oldest(Pending);
-
-impl Ord for Oldest {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.0.seq.cmp(&other.0.seq)
-    }
-}
-impl PartialOrd for Oldest {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl PartialEq for Oldest {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-impl Eq for Oldest {}
-
 /// The poll budget: a token bucket whose rate follows the orders created and the orders
-/// seen final over the last second.
+/// seen final over the last second, and the orders pending.
 #[derive(Debug)]
 struct Pacer {
     started: Instant,
@@ -214,8 +199,8 @@ impl Pacer {
         self.finals.push_back(at);
     }
 
-    /// Polls per second allowed at `now`.
-    fn rate(&mut self, now: Instant) -> f64 {
+    /// Polls per second allowed at `now`, with `pending` orders not yet final.
+    fn rate(&mut self, now: Instant, pending: usize) -> f64 {
         const WINDOW: Duration = Duration::from_secs(1);
         for events in [&mut self.created, &mut self.finals] {
             while events
@@ -234,10 +219,11 @@ impl Pacer {
             + (POLLS_PER_CREATED * self.created.len() as f64
                 + POLLS_PER_FINAL * self.finals.len() as f64)
                 / span
+            + pending as f64 / LONGEST_UNPOLLED.as_secs_f64()
     }
 
-    fn refill(&mut self, now: Instant) -> f64 {
-        let rate = self.rate(now);
+    fn refill(&mut self, now: Instant, pending: usize) -> f64 {
+        let rate = self.rate(now, pending);
         let earned = now.duration_since(self.last).as_secs_f64() * rate;
         self.tokens = (self.tokens + earned).min((rate * BURST).max(1.0));
         self.last = now;
@@ -245,8 +231,8 @@ impl Pacer {
     }
 
     /// Spends one poll of the budget, if there is one.
-    fn try_take(&mut self, now: Instant) -> bool {
-        self.refill(now);
+    fn try_take(&mut self, now: Instant, pending: usize) -> bool {
+        self.refill(now, pending);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
@@ -256,8 +242,8 @@ impl Pacer {
     }
 
     /// When the budget next allows a poll.
-    fn next_token(&mut self, now: Instant) -> Instant {
-        let rate = self.refill(now);
+    fn next_token(&mut self, now: Instant, pending: usize) -> Instant {
+        let rate = self.refill(now, pending);
         if self.tokens >= 1.0 {
             now
         } else {
@@ -295,11 +281,10 @@ async fn track(
         latency: stats::histogram(),
         last_final: None,
     };
-    // Orders waiting for their next poll, by due time; and orders whose poll is due,
-    // oldest first: in a backlog the oldest are the next to be final, so the budget goes
-    // where the answers are.
+    // Orders waiting for their next poll, most overdue first; apart, those whose next
+    // poll is the one at their deadline, which must not queue behind the budget.
     let mut waiting: BinaryHeap<Reverse<Pending>> = BinaryHeap::new();
-    let mut ready: BinaryHeap<Reverse<Oldest>> = BinaryHeap::new();
+    let mut at_deadline: BinaryHeap<Reverse<Pending>> = BinaryHeap::new();
     let mut polls: JoinSet<(Pending, Seen)> = JoinSet::new();
     let mut pacer = Pacer::new(Instant::now());
     let mut input_open = true;
@@ -308,21 +293,24 @@ async fn track(
 
     loop {
         let now = Instant::now();
-        while waiting.peek().is_some_and(|p| p.0.due <= now) {
-            if let Some(Reverse(pending)) = waiting.pop() {
-                ready.push(Reverse(Oldest(pending)));
-            }
-        }
+        let pending_orders = waiting.len() + at_deadline.len() + polls.len();
+        let mut over_budget = false;
         while polls.len() < slots {
-            let Some(Reverse(Oldest(front))) = ready.peek() else {
-                break;
-            };
+            let is_due =
+                |heap: &BinaryHeap<Reverse<Pending>>| heap.peek().is_some_and(|p| p.0.due <= now);
             // The poll at the deadline decides between final and lost: it never waits.
-            let decisive = front.due >= front.deadline;
-            if !decisive && !pacer.try_take(now) {
-                break;
-            }
-            let Some(Reverse(Oldest(pending))) = ready.pop() else {
+            let next = if is_due(&at_deadline) {
+                at_deadline.pop()
+            } else if is_due(&waiting) {
+                if !pacer.try_take(now, pending_orders) {
+                    over_budget = true;
+                    break;
+                }
+                waiting.pop()
+            } else {
+                None
+            };
+            let Some(Reverse(pending)) = next else {
                 break;
             };
             let (client, stats, cancel) = (client.clone(), stats.clone(), cancel.clone());
@@ -335,23 +323,24 @@ async fn track(
                 (pending, seen)
             });
         }
-        if !input_open && waiting.is_empty() && ready.is_empty() && polls.is_empty() {
+        if !input_open && waiting.is_empty() && at_deadline.is_empty() && polls.is_empty() {
             break;
         }
-        // With a connection free: wake when the budget allows the next due poll, or when
-        // the next poll falls due.
-        let wake = (polls.len() < slots)
-            .then(|| {
-                let token = (!ready.is_empty()).then(|| pacer.next_token(now));
-                token
-                    .into_iter()
-                    .chain(waiting.peek().map(|p| p.0.due))
-                    .min()
-            })
-            .flatten();
+        // With a connection free: wake when the next poll falls due, or when the budget
+        // allows the one already due.
+        let wake = if polls.len() >= slots {
+            None
+        } else {
+            let budget = over_budget.then(|| pacer.next_token(now, pending_orders));
+            let due = [&waiting, &at_deadline]
+                .into_iter()
+                .filter_map(|heap| heap.peek().map(|p| p.0.due))
+                .filter(|&due| !over_budget || due > now);
+            budget.into_iter().chain(due).min()
+        };
         tokio::select! {
             biased;
-            () = cancel.cancelled(), if !waiting.is_empty() || !ready.is_empty() || input_open => {
+            () = cancel.cancelled(), if !waiting.is_empty() || !at_deadline.is_empty() || input_open => {
                 // Stop taking orders; what waits for a poll is lost, and polls in flight
                 // return Interrupted by themselves.
                 input_open = false;
@@ -361,10 +350,7 @@ async fn track(
                     stats.live.pending_orders.fetch_add(1, Atomic::Relaxed);
                     lose(&mut result, &stats, order, "interrupted");
                 }
-                for Reverse(pending) in waiting.drain() {
-                    lose(&mut result, &stats, pending.order, "interrupted");
-                }
-                for Reverse(Oldest(pending)) in ready.drain() {
+                for Reverse(pending) in waiting.drain().chain(at_deadline.drain()) {
                     lose(&mut result, &stats, pending.order, "interrupted");
                 }
             }
@@ -373,8 +359,9 @@ async fn track(
                     result.created += 1;
                     pacer.created(Instant::now());
                     stats.live.pending_orders.fetch_add(1, Atomic::Relaxed);
-                    let (due, deadline) = (order.at + settings.poll_interval, order.at + settings.deadline);
-                    waiting.push(Reverse(Pending { order, due, deadline, attempts: 0, seq }));
+                    let deadline = order.at + settings.deadline;
+                    let due = (order.at + settings.poll_interval).min(deadline);
+                    schedule(&mut waiting, &mut at_deadline, Pending { order, due, deadline, attempts: 0, seq });
                     seq += 1;
                 }
                 None => input_open = false,
@@ -410,7 +397,7 @@ async fn track(
                     Seen::NotYet(_) => {
                         pending.due = (now + poll_delay(settings.poll_interval, pending.attempts)).min(pending.deadline);
                         pending.attempts += 1;
-                        waiting.push(Reverse(pending));
+                        schedule(&mut waiting, &mut at_deadline, pending);
                     }
                     Seen::Interrupted => lose(&mut result, &stats, pending.order, "interrupted"),
                 }
@@ -419,6 +406,19 @@ async fn track(
         }
     }
     result
+}
+
+/// Queues an order for its next poll: the one at its deadline apart from the others.
+fn schedule(
+    waiting: &mut BinaryHeap<Reverse<Pending>>,
+    at_deadline: &mut BinaryHeap<Reverse<Pending>>,
+    pending: Pending,
+) {
+    if pending.due >= pending.deadline {
+        at_deadline.push(Reverse(pending));
+    } else {
+        waiting.push(Reverse(pending));
+    }
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -463,7 +463,9 @@ mod tests {
         let t0 = Instant::now();
         let at = |ms: u64| t0 + Duration::from_millis(ms);
         let mut pacer = Pacer::new(t0);
-        assert_eq!(pacer.rate(at(2000)), POLL_FLOOR_PER_SECOND);
+        assert_eq!(pacer.rate(at(2000), 0), POLL_FLOOR_PER_SECOND);
+        // 1000 pending: each polled at least every 10 s.
+        assert_eq!(pacer.rate(at(2000), 1000), POLL_FLOOR_PER_SECOND + 100.0);
         let mut pacer = Pacer::new(t0);
         for _ in 0..100 {
             pacer.created(at(400));
@@ -472,9 +474,12 @@ mod tests {
             pacer.finished(at(450));
         }
         // Half a second in: 100 created and 10 final in 0.5 s.
-        assert_eq!(pacer.rate(at(500)), 50.0 + (2.0 * 100.0 + 4.0 * 10.0) / 0.5);
+        assert_eq!(
+            pacer.rate(at(500), 0),
+            50.0 + (2.0 * 100.0 + 4.0 * 10.0) / 0.5
+        );
         // A second later the window has moved past them: the floor again.
-        assert_eq!(pacer.rate(at(1500)), POLL_FLOOR_PER_SECOND);
+        assert_eq!(pacer.rate(at(1500), 0), POLL_FLOOR_PER_SECOND);
     }
 
     #[test]
@@ -482,14 +487,14 @@ mod tests {
         let t0 = Instant::now();
         let mut pacer = Pacer::new(t0);
         // At the floor of 50/s: one poll now, the next 20 ms later.
-        assert!(pacer.try_take(t0));
-        assert!(!pacer.try_take(t0));
-        let next = pacer.next_token(t0);
+        assert!(pacer.try_take(t0, 0));
+        assert!(!pacer.try_take(t0, 0));
+        let next = pacer.next_token(t0, 0);
         assert_eq!(next.duration_since(t0).as_millis(), 20);
-        assert!(pacer.try_take(next));
+        assert!(pacer.try_take(next, 0));
         // Unspent budget is kept only a quarter of a second's worth.
         let later = t0 + Duration::from_secs(10);
-        let taken = (0..100).take_while(|_| pacer.try_take(later)).count();
+        let taken = (0..100).take_while(|_| pacer.try_take(later, 0)).count();
         assert_eq!(taken, 12);
     }
 
