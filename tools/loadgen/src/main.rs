@@ -26,7 +26,11 @@ async fn main() -> anyhow::Result<()> {
 
 async fn generate(args: &Args, traced: bool) -> anyhow::Result<()> {
     // Ctrl-C or SIGTERM stops the load early; the figures so far are still reported.
-    let cancel = lifecycle::shutdown::on_signal();
+    let shutdown = lifecycle::shutdown::Shutdown::on_signal(
+        lifecycle::shutdown::ShutdownConfig::from_env(&settings::ProcessEnv)
+            .context("reading settings")?,
+    );
+    let cancel = shutdown.token();
     let summary = run(args, traced, cancel).await?;
     print!("{}", render(&summary));
     if let Some(path) = &args.json {
