@@ -341,21 +341,7 @@ fn start_order_service(
     data_dir: &Path,
     addr: SocketAddr,
 ) -> CancellationToken {
-    let config = order_service::Config {
-        listen_addr: addr,
-        health_addr: "127.0.0.1:0".parse().unwrap(),
-        database_path: data_dir.join("orders.db"),
-        kafka: order_service::config::KafkaConfig {
-            bootstrap_servers: bootstrap.to_owned(),
-            topic: TOPIC.into(),
-            topic_partitions: 3,
-        },
-        outbox: order_service::outbox::RelaySettings {
-            poll_interval: Duration::from_millis(500),
-            reconcile_after: Duration::from_secs(60),
-            max_republish: 3,
-        },
-    };
+    let config = support::order_service_config(bootstrap, data_dir, addr);
     let app = service
         .runtime
         .block_on(order_service::Application::build(config))

@@ -61,21 +61,7 @@ impl Stack {
         std::fs::create_dir_all(&data_dir).expect("data dir");
 
         let mut order_service = Service::new("order-service");
-        let config = order_service::Config {
-            listen_addr: "127.0.0.1:0".parse().unwrap(),
-            health_addr: "127.0.0.1:0".parse().unwrap(),
-            database_path: data_dir.join("orders.db"),
-            kafka: order_service::config::KafkaConfig {
-                bootstrap_servers: bootstrap.clone(),
-                topic: TOPIC.into(),
-                topic_partitions: 3,
-            },
-            outbox: order_service::outbox::RelaySettings {
-                poll_interval: Duration::from_millis(500),
-                reconcile_after: Duration::from_secs(60),
-                max_republish: 3,
-            },
-        };
+        let config = order_service_config(&bootstrap, &data_dir, "127.0.0.1:0".parse().unwrap());
         let app = order_service
             .runtime
             .block_on(order_service::Application::build(config))
@@ -159,6 +145,30 @@ impl Stack {
             service.capture.shutdown();
         }
         let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// The order-service's settings for an in-process test: `listen_addr`, its database in
+/// `data_dir`, the mock cluster's topic, and an outbox relay that retries every 500 ms.
+pub fn order_service_config(
+    bootstrap: &str,
+    data_dir: &std::path::Path,
+    listen_addr: SocketAddr,
+) -> order_service::Config {
+    order_service::Config {
+        listen_addr,
+        health_addr: "127.0.0.1:0".parse().unwrap(),
+        database_path: data_dir.join("orders.db"),
+        kafka: order_service::config::KafkaConfig {
+            bootstrap_servers: bootstrap.to_owned(),
+            topic: TOPIC.into(),
+            topic_partitions: 3,
+        },
+        outbox: order_service::outbox::RelaySettings {
+            poll_interval: Duration::from_millis(500),
+            reconcile_after: Duration::from_secs(60),
+            max_republish: 3,
+        },
     }
 }
 
