@@ -19,7 +19,7 @@ use tonic::transport::Channel;
 use crate::config::Config;
 use crate::consumer::{self, CLIENT_ID, Revocations, WorkerConsumer};
 use crate::dead_letter::DeadLetters;
-use crate::dispatch::{self, LANE_CAPACITY};
+use crate::dispatch::{self, Bounds, LANE_CAPACITY};
 use crate::process::Processor;
 use crate::reporting::Reporter;
 
@@ -106,7 +106,10 @@ impl Application {
         let result = dispatch::run(
             self.consumer,
             self.revocations,
-            LANE_CAPACITY,
+            Bounds {
+                lane_capacity: LANE_CAPACITY,
+                max_in_flight: self.config.max_in_flight,
+            },
             handle,
             shutdown.clone(),
         )

@@ -4,9 +4,12 @@
 use std::net::SocketAddr;
 
 use proto::client::ClientConfig;
-use settings::{SettingError, Source, millis_or, parse_or, string_or};
+use settings::{SettingError, Source, millis_or, parse_or, positive_or, string_or};
 
 use crate::failure::RetryPolicy;
+
+/// Default `WORKER_MAX_IN_FLIGHT`: see the README's benchmark for how it was chosen.
+pub const DEFAULT_MAX_IN_FLIGHT: u64 = 64;
 
 /// Default `KAFKA_DLQ_TOPIC`.
 pub const DLQ_TOPIC: &str = "orders.dlq";
@@ -29,6 +32,9 @@ pub struct Config {
     pub retry: RetryPolicy,
     /// `ORDER_SERVICE_*`: where outcomes are reported, and how long one call may take.
     pub order_service: ClientConfig,
+    /// `WORKER_MAX_IN_FLIGHT`: records handled at once, across all partitions (default
+    /// 64). Records of one order are still handled one after the other.
+    pub max_in_flight: usize,
     /// `HEALTH_ADDR`: the liveness/readiness HTTP endpoint (default `0.0.0.0:8081`).
     pub health_addr: SocketAddr,
 }
@@ -59,9 +65,27 @@ impl Config {
                 ..RetryPolicy::default()
             },
             order_service: ClientConfig::from_source(source)?,
+            max_in_flight: max_in_flight(source)?,
             health_addr: parse_or(source, "HEALTH_ADDR", ([0, 0, 0, 0], 8081).into())?,
         })
     }
+}
+
+/// More than this many records at once only adds memory and tasks: the order-service and
+/// the payment step are the limit long before.
+const MAX_IN_FLIGHT_LIMIT: u64 = 10_000;
+
+fn max_in_flight(source: &impl Source) -> Result<usize, SettingError> {
+    let n = positive_or(source, "WORKER_MAX_IN_FLIGHT", DEFAULT_MAX_IN_FLIGHT)?;
+    if n > MAX_IN_FLIGHT_LIMIT {
+        return Err(SettingError::new(
+            "WORKER_MAX_IN_FLIGHT",
+            n,
+            format!("at most {MAX_IN_FLIGHT_LIMIT}"),
+        ));
+    }
+    // At most 10,000: fits every usize.
+    Ok(n as usize)
 }
 
 #[cfg(test)]
@@ -75,6 +99,9 @@ mod tests {
         ("WORKER_RETRY_MAX_BACKOFF_MS", "0"),
         ("WORKER_RETRY_MAX_BACKOFF_MS", "5s"),
         ("KAFKA_DLQ_TOPIC", "orders"),
+        ("WORKER_MAX_IN_FLIGHT", "0"),
+        ("WORKER_MAX_IN_FLIGHT", "many"),
+        ("WORKER_MAX_IN_FLIGHT", "10001"),
     ];
 
     #[test]

@@ -1,25 +1,32 @@
-//! From the consumer to the code that handles records: one lane (a task and a bounded
-//! channel) per partition, in order within a partition, at least once. Hop: none of its
-//! own; each record's CONSUMER span starts in its lane (`process.rs`).
+//! From the consumer to the code that handles records: one lane per partition, records
+//! of different keys handled concurrently, records of one key in order, at least once.
+//! Hop: none of its own; each record's CONSUMER span starts in its task (`process.rs`).
 //!
 //! - **Staying in the group.** The loop here does nothing but `recv()` and hand records
 //!   over, so the consumer is polled however long a record takes. A record retried for
 //!   minutes (the order-service is down) never lets `max.poll.interval.ms` expire, which
 //!   would evict the worker from its group and hand its partitions to another.
-//! - **Backpressure.** When a lane's channel is full, its partition is paused
-//!   (`Consumer::pause`) and the record in hand waits in the lane's `parked` queue; a
-//!   small task waits until half the channel is free, then the parked records go in and
-//!   the partition is resumed. librdkafka drops what it had already fetched for a paused
-//!   partition and fetches it again on resume, so memory stays bounded and other
-//!   partitions flow on.
-//! - **Offsets.** A lane stores a record's offset once the record is fully handled
-//!   (processed or dead-lettered), in order; auto-commit and shutdown commit what is
-//!   stored. A record whose handling is interrupted is not stored, so it comes again.
-//! - **Rebalance.** Lanes of revoked partitions are stopped: each finishes its record in
-//!   hand, or abandons it if it was waiting to retry; either way its offset can no
-//!   longer be stored, so the partition's new owner handles it again.
-//! - **Shutdown.** No more records are taken; each lane finishes the record in hand or
-//!   leaves it unstored if shutdown cut a retry short; then the offsets are committed.
+//! - **Concurrency.** A lane starts each record in a task of its own while it holds one
+//!   of `WORKER_MAX_IN_FLIGHT` permits shared by all lanes; a record whose key (the order
+//!   id) already has one running waits behind it, holding its permit, so one order's
+//!   records stay in order. Records without a key (the project writes none) count as one
+//!   key: in order, one at a time.
+//! - **Backpressure.** With every permit taken, lanes take no records; when a lane's
+//!   channel is full, its partition is paused (`Consumer::pause`) and the record in hand
+//!   waits in the lane's `parked` queue; a small task waits until half the channel is
+//!   free, then the parked records go in and the partition is resumed. librdkafka drops
+//!   what it had already fetched for a paused partition and fetches it again on resume,
+//!   so memory stays bounded and other partitions flow on.
+//! - **Offsets.** Records finish out of order, so a lane stores an offset only when that
+//!   record and every earlier one of its partition are done (processed or dead-lettered):
+//!   the contiguous prefix (`offsets.rs`). Auto-commit and shutdown commit what is
+//!   stored. A record whose handling is interrupted is never stored, and neither is
+//!   anything after it, so it comes again.
+//! - **Rebalance.** Lanes of revoked partitions are stopped: each lets its running records
+//!   finish, or abandon a wait to retry; records not started are dropped; their offsets
+//!   can no longer be stored, so the partition's new owner handles them again.
+//! - **Shutdown.** No more records are taken; running records finish, or stay unstored if
+//!   shutdown cut a retry short; then the offsets are committed.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -31,12 +38,14 @@ use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedMessage};
-use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::consumer::{PartitionId, Revocations, WorkerConsumer};
+use crate::offsets::Progress;
 
 /// Records a lane holds besides the one in hand. Small: a lane works through them one at
 /// a time anyway, and what is not buffered here stays in Kafka.
@@ -51,18 +60,27 @@ pub enum Handled {
     Interrupted,
 }
 
+/// How much the dispatcher holds at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Records a lane's channel holds before its partition is paused.
+    pub lane_capacity: usize,
+    /// Records being handled (or waiting behind one of their key) across all lanes.
+    pub max_in_flight: usize,
+}
+
 /// Consumes until `shutdown` is cancelled, handing each record to `handle(record, stop)`
 /// in its partition's lane; `stop` is cancelled when the lane must stop (shutdown, or
 /// its partition revoked). Then commits the stored offsets.
 pub async fn run<H, F>(
     consumer: Arc<WorkerConsumer>,
     mut revocations: Revocations,
-    capacity: usize,
+    bounds: Bounds,
     handle: H,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()>
 where
-    H: Fn(OwnedMessage, CancellationToken) -> F + Clone + Send + 'static,
+    H: Fn(OwnedMessage, CancellationToken) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Handled> + Send + 'static,
 {
     let (room_sender, mut room) = mpsc::unbounded_channel();
@@ -70,7 +88,8 @@ where
         consumer: Arc::clone(&consumer),
         lanes: HashMap::new(),
         next_id: 0,
-        capacity: capacity.max(1),
+        capacity: bounds.lane_capacity.max(1),
+        permits: Arc::new(Semaphore::new(bounds.max_in_flight.max(1))),
         handle,
         tasks: TaskTracker::new(),
         room: room_sender,
@@ -148,6 +167,7 @@ struct Lanes<H> {
     lanes: HashMap<PartitionId, Lane>,
     next_id: u64,
     capacity: usize,
+    permits: Arc<Semaphore>,
     handle: H,
     tasks: TaskTracker,
     room: mpsc::UnboundedSender<Room>,
@@ -156,7 +176,7 @@ struct Lanes<H> {
 
 impl<H, F> Lanes<H>
 where
-    H: Fn(OwnedMessage, CancellationToken) -> F + Clone + Send + 'static,
+    H: Fn(OwnedMessage, CancellationToken) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Handled> + Send + 'static,
 {
     fn dispatch(&mut self, record: OwnedMessage) -> anyhow::Result<()> {
@@ -242,6 +262,7 @@ where
             receiver,
             self.handle.clone(),
             stop.clone(),
+            Arc::clone(&self.permits),
         ));
         Lane {
             id: self.next_id,
@@ -263,37 +284,105 @@ where
     }
 }
 
-/// One partition's records, one at a time, in order.
+/// One partition's records: records of different keys concurrently, records of one key
+/// one after the other in offset order, each in a task of its own while it holds one of
+/// the worker's `permits` (`WORKER_MAX_IN_FLIGHT`). Without a permit the lane takes no
+/// record, its channel fills and the dispatcher pauses the partition: the bound is
+/// backpressure, not a buffer. Offsets are stored by [`Progress`]: only the contiguous
+/// prefix of done records.
 async fn lane<H, F>(
     consumer: Arc<WorkerConsumer>,
     (topic, partition): PartitionId,
     mut records: mpsc::Receiver<OwnedMessage>,
     handle: H,
     stop: CancellationToken,
+    permits: Arc<Semaphore>,
 ) where
-    H: Fn(OwnedMessage, CancellationToken) -> F,
-    F: Future<Output = Handled>,
+    H: Fn(OwnedMessage, CancellationToken) -> F + Sync,
+    F: Future<Output = Handled> + Send + 'static,
 {
+    let mut progress = Progress::default();
+    // A key is here while one of its records runs; behind it wait the key's next
+    // records, each with its permit (so waiting records count against the bound too).
+    let mut keys: HashMap<Option<Vec<u8>>, VecDeque<(OwnedMessage, OwnedSemaphorePermit)>> =
+        HashMap::new();
+    let mut running = JoinSet::new();
+    // The record taken from the channel, waiting for a permit.
+    let mut next = None;
+    let start = |running: &mut JoinSet<_>, record: OwnedMessage, permit: OwnedSemaphorePermit| {
+        let (offset, key) = (record.offset(), record.key().map(<[u8]>::to_vec));
+        let handled = handle(record, stop.clone());
+        running.spawn(async move {
+            let handled = handled.await;
+            drop(permit);
+            (offset, key, handled)
+        });
+    };
     loop {
-        let record = tokio::select! {
+        tokio::select! {
             biased;
-            () = stop.cancelled() => return,
-            record = records.recv() => match record {
-                Some(record) => record,
-                None => return,
-            },
-        };
-        let offset = record.offset();
-        match handle(record, stop.clone()).await {
-            Handled::Done => {
-                // Fails when a rebalance took the partition away meanwhile: its new owner
-                // handles the record again (at least once).
-                if let Err(error) = consumer.store_offset(&topic, partition, offset) {
-                    tracing::warn!(%error, %topic, partition, offset, "offset not stored");
+            () = stop.cancelled() => break,
+            Some(joined) = running.join_next(), if !running.is_empty() => {
+                let Ok((offset, key, handled)) = joined else {
+                    // A handler panicked: its record is not done. Ending the lane ends
+                    // the worker (see `ended`), before any later offset is stored.
+                    tracing::error!(%topic, partition, "a record's handler panicked");
+                    return;
+                };
+                if handled == Handled::Interrupted {
+                    // Only `stop` interrupts; the record stays pending, unstored.
+                    break;
+                }
+                store(&consumer, &topic, partition, progress.done(offset));
+                // The key's next record, if one waits.
+                if let Some(waiting) = keys.get_mut(&key) {
+                    match waiting.pop_front() {
+                        Some((record, permit)) => start(&mut running, record, permit),
+                        None => {
+                            keys.remove(&key);
+                        }
+                    }
                 }
             }
-            Handled::Interrupted => return,
+            record = records.recv(), if next.is_none() => {
+                let Some(record) = record else { break };
+                next = Some(record);
+            }
+            // A permit only for a record in hand: a lane never sits on one while its
+            // partition is quiet and others wait.
+            acquired = Arc::clone(&permits).acquire_owned(), if next.is_some() => {
+                // The semaphore is never closed.
+                let (Ok(permit), Some(record)) = (acquired, next.take()) else { break };
+                progress.taken(record.offset());
+                let key = record.key().map(<[u8]>::to_vec);
+                match keys.get_mut(&key) {
+                    Some(waiting) => waiting.push_back((record, permit)),
+                    None => {
+                        keys.insert(key, VecDeque::new());
+                        start(&mut running, record, permit);
+                    }
+                }
+            }
         }
+    }
+    // Stopping: records not started stay unstored; those running see `stop` and finish
+    // or give up, and what finished is still stored (in prefix order).
+    while let Some(joined) = running.join_next().await {
+        if let Ok((offset, _, Handled::Done)) = joined {
+            store(&consumer, &topic, partition, progress.done(offset));
+        }
+    }
+    if progress.pending() > 0 {
+        tracing::info!(%topic, partition, left = progress.pending(), "records left for redelivery");
+    }
+}
+
+fn store(consumer: &WorkerConsumer, topic: &str, partition: i32, offset: Option<i64>) {
+    let Some(offset) = offset else { return };
+    // Fails when a rebalance took the partition away meanwhile: its new owner handles the
+    // records again (at least once).
+    if let Err(error) = consumer.store_offset(topic, partition, offset) {
+        tracing::warn!(%error, %topic, partition, offset, "offset not stored");
     }
 }
 
@@ -352,28 +441,37 @@ mod tests {
     /// cluster did not join the group with 1500 ms.)
     const MAX_POLL_INTERVAL: Duration = Duration::from_millis(3000);
 
-    /// A mock cluster with `counts[p]` records in partition `p` of `topic`, and a
-    /// consumer in a group of its own that must poll at least every `MAX_POLL_INTERVAL`.
-    async fn cluster(
-        topic: &str,
-        counts: &[usize],
-    ) -> (
+    type Cluster = (
         MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
         Arc<WorkerConsumer>,
         Revocations,
-    ) {
+    );
+
+    /// A mock cluster with `counts[p]` keyless records in partition `p` of `topic`, and a
+    /// consumer in a group of its own that must poll at least every `MAX_POLL_INTERVAL`.
+    async fn cluster(topic: &str, counts: &[usize]) -> Cluster {
+        let partitions: Vec<Vec<Option<&str>>> =
+            counts.iter().map(|count| vec![None; *count]).collect();
+        keyed_cluster(topic, &partitions).await
+    }
+
+    /// Like `cluster`, with a record per key given, in partition `p` for `keys[p]`.
+    async fn keyed_cluster(topic: &str, keys: &[Vec<Option<&str>>]) -> Cluster {
         let kafka = MockCluster::new(1).unwrap();
-        kafka.create_topic(topic, counts.len() as i32, 1).unwrap();
+        kafka.create_topic(topic, keys.len() as i32, 1).unwrap();
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", kafka.bootstrap_servers())
             .create()
             .unwrap();
-        for (partition, count) in counts.iter().enumerate() {
-            for i in 0..*count {
+        for (partition, keys) in keys.iter().enumerate() {
+            for (i, key) in keys.iter().enumerate() {
                 let payload = i.to_string();
-                let record = FutureRecord::<str, str>::to(topic)
+                let mut record = FutureRecord::<str, str>::to(topic)
                     .partition(partition as i32)
                     .payload(&payload);
+                if let Some(key) = key {
+                    record = record.key(key);
+                }
                 producer.send(record, Duration::from_secs(5)).await.unwrap();
             }
         }
@@ -414,6 +512,11 @@ mod tests {
             .map_or(Offset::Invalid, |p| p.offset())
     }
 
+    const BOUNDS: Bounds = Bounds {
+        lane_capacity: LANE_CAPACITY,
+        max_in_flight: 4,
+    };
+
     /// (partition, offset, its lane told to stop?, when it was done)
     type Log = Arc<Mutex<Vec<(i32, i64, bool, Instant)>>>;
 
@@ -448,7 +551,10 @@ mod tests {
         let running = tokio::spawn(run(
             Arc::clone(&consumer),
             revocations,
-            2,
+            Bounds {
+                lane_capacity: 2,
+                max_in_flight: 4,
+            },
             handle,
             shutdown.clone(),
         ));
@@ -502,7 +608,7 @@ mod tests {
         let running = tokio::spawn(run(
             Arc::clone(&consumer),
             revocations,
-            LANE_CAPACITY,
+            BOUNDS,
             handle,
             shutdown.clone(),
         ));
@@ -515,5 +621,165 @@ mod tests {
         // Record 1 is where the next worker starts; record 2 was never taken.
         assert_eq!(committed(&consumer, topic, 0), Offset::Offset(1));
         assert_eq!(log.lock().unwrap().len(), 2);
+    }
+
+    #[derive(Default)]
+    struct Concurrency {
+        running: usize,
+        most: usize,
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn different_keys_run_concurrently_up_to_the_bound_and_one_key_in_order() {
+        let topic = "concurrent";
+        // Six orders, three records each, interleaved: a b c d e f a b c d e f a b ...
+        let keys: Vec<Option<&str>> = ["a", "b", "c", "d", "e", "f"]
+            .into_iter()
+            .cycle()
+            .take(18)
+            .map(Some)
+            .collect();
+        let (_kafka, consumer, revocations) =
+            keyed_cluster(topic, std::slice::from_ref(&keys)).await;
+        let bound = 4;
+        let concurrency = Arc::new(Mutex::new(Concurrency::default()));
+        let log: Log = Arc::default();
+        let handle = {
+            let (concurrency, log) = (Arc::clone(&concurrency), Arc::clone(&log));
+            move |record: OwnedMessage, _stop: CancellationToken| {
+                let (concurrency, log) = (Arc::clone(&concurrency), Arc::clone(&log));
+                async move {
+                    {
+                        let mut c = concurrency.lock().unwrap();
+                        c.running += 1;
+                        c.most = c.most.max(c.running);
+                    }
+                    // Each of the first records waits until the bound is reached, so the
+                    // test proves concurrency instead of hoping for it; later ones pass.
+                    wait_until("the bound reached", || {
+                        concurrency.lock().unwrap().most >= bound
+                    })
+                    .await;
+                    log.lock()
+                        .unwrap()
+                        .push((0, record.offset(), false, Instant::now()));
+                    concurrency.lock().unwrap().running -= 1;
+                    Handled::Done
+                }
+            }
+        };
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(run(
+            Arc::clone(&consumer),
+            revocations,
+            Bounds {
+                lane_capacity: 2,
+                max_in_flight: bound,
+            },
+            handle,
+            shutdown.clone(),
+        ));
+        wait_until("every record handled", || log.lock().unwrap().len() >= 18).await;
+        shutdown.cancel();
+        running.await.unwrap().unwrap();
+
+        assert_eq!(
+            concurrency.lock().unwrap().most,
+            bound,
+            "never more than the bound"
+        );
+        let log = log.lock().unwrap().clone();
+        for key in ["a", "b", "c", "d", "e", "f"] {
+            let offsets: Vec<i64> = log
+                .iter()
+                .map(|e| e.1)
+                .filter(|&offset| keys[offset as usize] == Some(key))
+                .collect();
+            assert_eq!(offsets.len(), 3, "key {key}: {log:?}");
+            assert!(offsets.is_sorted(), "key {key} out of order: {offsets:?}");
+        }
+        assert_eq!(committed(&consumer, topic, 0), Offset::Offset(18));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_offset_is_stored_only_when_every_earlier_record_is_done() {
+        let topic = "prefix";
+        let keys = vec![Some("slow"), Some("b"), Some("c"), Some("d")];
+        let (_kafka, consumer, revocations) = keyed_cluster(topic, &[keys]).await;
+        let release = CancellationToken::new();
+        let log: Log = Arc::default();
+        let handle = {
+            let (release, log) = (release.clone(), Arc::clone(&log));
+            move |record: OwnedMessage, _stop: CancellationToken| {
+                let (release, log) = (release.clone(), Arc::clone(&log));
+                async move {
+                    if record.offset() == 0 {
+                        release.cancelled().await;
+                    }
+                    log.lock()
+                        .unwrap()
+                        .push((0, record.offset(), false, Instant::now()));
+                    Handled::Done
+                }
+            }
+        };
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(run(
+            Arc::clone(&consumer),
+            revocations,
+            BOUNDS,
+            handle,
+            shutdown.clone(),
+        ));
+        wait_until("records 1 to 3 done", || log.lock().unwrap().len() >= 3).await;
+        // Done out of order: committing now must not pass record 0, still running.
+        match consumer.commit_consumer_state(CommitMode::Sync) {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(error) => panic!("commit failed: {error}"),
+        }
+        assert_eq!(committed(&consumer, topic, 0), Offset::Invalid);
+        release.cancel();
+        wait_until("record 0 done", || log.lock().unwrap().len() >= 4).await;
+        shutdown.cancel();
+        running.await.unwrap().unwrap();
+        assert_eq!(committed(&consumer, topic, 0), Offset::Offset(4));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_record_interrupted_among_concurrent_ones_holds_back_the_commit() {
+        let topic = "interrupted-concurrent";
+        let keys = vec![Some("a"), Some("b"), Some("c"), Some("d")];
+        let (_kafka, consumer, revocations) = keyed_cluster(topic, &[keys]).await;
+        let log: Log = Arc::default();
+        let handle = {
+            let log = Arc::clone(&log);
+            move |record: OwnedMessage, stop: CancellationToken| {
+                let log = Arc::clone(&log);
+                async move {
+                    if record.offset() == 1 {
+                        // A retry cut short by shutdown.
+                        stop.cancelled().await;
+                        return Handled::Interrupted;
+                    }
+                    log.lock()
+                        .unwrap()
+                        .push((0, record.offset(), false, Instant::now()));
+                    Handled::Done
+                }
+            }
+        };
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn(run(
+            Arc::clone(&consumer),
+            revocations,
+            BOUNDS,
+            handle,
+            shutdown.clone(),
+        ));
+        wait_until("records 0, 2 and 3 done", || log.lock().unwrap().len() >= 3).await;
+        shutdown.cancel();
+        running.await.unwrap().unwrap();
+        // 2 and 3 were done, but 1 was not: the next worker starts at 1.
+        assert_eq!(committed(&consumer, topic, 0), Offset::Offset(1));
     }
 }

@@ -10,7 +10,8 @@
 //!
 //! - `config.rs`: settings. `app.rs`: build and run until shutdown.
 //! - `consumer.rs`: the Kafka consumer. `dispatch.rs`: the consume loop, one lane per
-//!   partition, backpressure, offsets (at least once).
+//!   partition, records of different orders concurrently, backpressure (at least once).
+//!   `offsets.rs`: which offset may be stored when records finish out of order.
 //! - `process.rs`: one record, in its CONSUMER span. `fulfilment.rs`: the work, in spawned
 //!   tasks that keep their trace. `reporting.rs`: the gRPC call back.
 //! - `failure.rs`: which failures are retried, re-checked or dead-lettered, and the
@@ -23,6 +24,7 @@ mod dead_letter;
 mod dispatch;
 mod failure;
 pub mod fulfilment;
+mod offsets;
 mod process;
 mod reporting;
 

@@ -172,6 +172,98 @@ fn one_order_makes_one_unbroken_trace_across_http_grpc_and_kafka() {
     stack.stop();
 }
 
+/// The worker handles records of different orders concurrently (`WORKER_MAX_IN_FLIGHT`):
+/// under that concurrency each order's trace still has its whole parent chain, and no
+/// span strays into another order's trace.
+#[test]
+fn concurrent_orders_each_keep_their_parent_chain() {
+    const THREADS: usize = 8;
+    const ORDERS_PER_THREAD: usize = 15;
+    let stack = Stack::start();
+    let url = stack.url("/api/orders");
+    let placed: Vec<(String, TraceId)> = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..THREADS)
+            .map(|_| {
+                scope.spawn(|| {
+                    let client = Client::new();
+                    (0..ORDERS_PER_THREAD)
+                        .map(|_| {
+                            let (order_id, trace_id, _) = client.place_order_at(&url, None);
+                            (order_id, trace_id)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect()
+    });
+    assert_eq!(placed.len(), THREADS * ORDERS_PER_THREAD);
+    wait_for("every order's consumer span", WAIT, || {
+        let done = stack
+            .worker
+            .capture
+            .spans()
+            .iter()
+            .filter(|s| s.name == format!("process {TOPIC}"))
+            .count();
+        (done >= placed.len()).then_some(())
+    });
+    let client = Client::new();
+    for (order_id, _) in &placed {
+        let body = client.wait_for_status(&stack, order_id);
+        assert_eq!(body["status"], "FULFILLED", "{body}");
+    }
+
+    let (order_spans, worker_spans) = (
+        stack.order_service.capture.spans(),
+        stack.worker.capture.spans(),
+    );
+    let mut consumers = Vec::new();
+    for (order_id, trace_id) in &placed {
+        let orders = of_trace(&order_spans, *trace_id);
+        let worker = of_trace(&worker_spans, *trace_id);
+        let producer = one(&orders, &format!("send {TOPIC}"));
+        let consumer = one(&worker, &format!("process {TOPIC}"));
+        assert_child(consumer, producer, SpanKind::Consumer);
+        assert_eq!(attr_str(consumer, "messaging.kafka.message.key"), *order_id);
+        for step in ["reserve stock", "charge payment"] {
+            let span = one(&worker, step);
+            assert_child(span, consumer, SpanKind::Internal);
+            assert!(span.end_time <= consumer.end_time, "{step} ends inside");
+        }
+        let complete_client = one(&worker, "order.v1.OrderService/CompleteOrder");
+        assert_child(complete_client, consumer, SpanKind::Client);
+        let complete_server = one(&orders, "order.v1.OrderService/CompleteOrder");
+        assert_child(complete_server, complete_client, SpanKind::Server);
+        // Exactly the worker's own spans of this order: none borrowed from another.
+        assert_eq!(worker.len(), 4, "{order_id}: {:?}", names(&worker));
+        consumers.push((consumer.start_time, consumer.end_time));
+    }
+    // The orders really were handled at the same time: some consumer spans overlap.
+    let most_at_once = consumers
+        .iter()
+        .map(|(start, _)| {
+            consumers
+                .iter()
+                .filter(|(s, e)| s <= start && start < e)
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(
+        most_at_once >= 2,
+        "no two orders were processed at once: the worker is serial"
+    );
+    stack.stop();
+}
+
+fn names(spans: &[SpanData]) -> Vec<&str> {
+    spans.iter().map(|s| s.name.as_ref()).collect()
+}
+
 #[test]
 fn an_incoming_traceparent_is_continued_and_an_invalid_one_starts_a_fresh_trace() {
     let stack = Stack::start();

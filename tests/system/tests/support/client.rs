@@ -56,7 +56,17 @@ impl Client {
         stack: &Stack,
         traceparent: Option<&str>,
     ) -> (String, TraceId, reqwest::header::HeaderMap) {
-        let mut request = self.http.post(stack.url("/api/orders")).json(
+        self.place_order_at(&stack.url("/api/orders"), traceparent)
+    }
+
+    /// `place_order` given the URL of `POST /api/orders` (for threads, which cannot
+    /// share the `Stack`).
+    pub fn place_order_at(
+        &self,
+        url: &str,
+        traceparent: Option<&str>,
+    ) -> (String, TraceId, reqwest::header::HeaderMap) {
+        let mut request = self.http.post(url).json(
             &json!({"customer_id": "customer-1", "items": [{"sku": "SKU-1", "quantity": 2}]}),
         );
         if let Some(traceparent) = traceparent {
