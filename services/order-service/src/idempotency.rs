@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use proto::order::v1::OrderItem;
-use rusqlite::{OptionalExtension, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::store::now_ms;
 
@@ -59,9 +59,9 @@ pub enum Earlier {
     DifferentOrder,
 }
 
-/// Part of `Store::create`'s transaction: what the key already stands for.
-pub(crate) fn find(tx: &Transaction<'_>, claim: &Claim) -> rusqlite::Result<Earlier> {
-    let earlier = tx
+/// Part of `Store::create`'s atomic write: what the key already stands for.
+pub(crate) fn find(connection: &Connection, claim: &Claim) -> rusqlite::Result<Earlier> {
+    let earlier = connection
         .query_row(
             "SELECT request, order_id, trace_id FROM idempotency_keys WHERE key = ?1",
             params![claim.key],
@@ -77,14 +77,14 @@ pub(crate) fn find(tx: &Transaction<'_>, claim: &Claim) -> rusqlite::Result<Earl
     })
 }
 
-/// Part of `Store::create`'s transaction: the key now stands for `order_id`.
+/// Part of `Store::create`'s atomic write: the key now stands for `order_id`.
 pub(crate) fn record(
-    tx: &Transaction<'_>,
+    connection: &Connection,
     claim: &Claim,
     order_id: &str,
     trace_id: &str,
 ) -> rusqlite::Result<()> {
-    tx.execute(
+    connection.execute(
         "INSERT INTO idempotency_keys (key, request, order_id, trace_id, created_at_ms)
          VALUES (?1, ?2, ?3, ?4, ?5)",
         params![claim.key, claim.request, order_id, trace_id, now_ms()],

@@ -10,7 +10,8 @@
 //!
 //! - `config.rs`: settings from the environment.
 //! - `app.rs`: build (bind, open, connect) and run until shutdown.
-//! - `orders.rs`: the gRPC API. `store.rs`: SQLite.
+//! - `orders.rs`: the gRPC API. `store.rs`: the orders in SQLite. `db.rs`: the
+//!   connections, and group commit of concurrent writes.
 //! - `idempotency.rs`: one order per `Idempotency-Key`.
 //! - `outbox.rs`: the transactional outbox: entry, relay, marking, reconciliation.
 //! - `events.rs`: the Kafka producer and topic.
@@ -18,6 +19,7 @@
 
 mod app;
 pub mod config;
+mod db;
 mod events;
 mod health;
 mod idempotency;

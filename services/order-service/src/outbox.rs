@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 use proto::order::v1::{Order, OrderCreated};
-use rusqlite::{Transaction, params};
+use rusqlite::{Connection, params};
 use telemetry::propagation::stored;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -72,9 +72,9 @@ impl NewEntry {
     }
 }
 
-/// Part of [`crate::store::Store::create`]'s transaction.
-pub(crate) fn insert(tx: &Transaction<'_>, entry: &NewEntry) -> rusqlite::Result<()> {
-    tx.execute(
+/// Part of [`crate::store::Store::create`]'s atomic write.
+pub(crate) fn insert(connection: &Connection, entry: &NewEntry) -> rusqlite::Result<()> {
+    connection.execute(
         "INSERT INTO outbox (order_id, payload, trace_context, created_at_ms)
          VALUES (?1, ?2, ?3, ?4)",
         params![entry.order_id, entry.payload, entry.trace_context, now_ms()],
@@ -206,22 +206,20 @@ impl Relay {
         let all_sent = failed.is_empty();
         let marked = self
             .store
-            .run_untraced(move |c| {
-                let tx = c.unchecked_transaction()?;
+            .write_untraced(move |c| {
                 let now = now_ms();
                 for id in &sent {
-                    tx.execute(
+                    c.execute(
                         "UPDATE outbox SET sent_at_ms = ?2 WHERE id = ?1",
                         params![id, now],
                     )?;
                 }
                 for id in &failed {
-                    tx.execute(
+                    c.execute(
                         "UPDATE outbox SET send_failures = send_failures + 1 WHERE id = ?1",
                         params![id],
                     )?;
                 }
-                tx.commit()?;
                 Ok(())
             })
             .await;
@@ -236,7 +234,7 @@ impl Relay {
     /// payload is no event (with the reason), which must not block the rest.
     async fn read_pending(&self) -> Result<(Vec<Pending>, Vec<(i64, String)>), StoreError> {
         self.store
-            .run_untraced(|c| {
+            .read_untraced(|c| {
                 let mut statement = c.prepare(
                     "SELECT id, order_id, payload, trace_context FROM outbox
                      WHERE sent_at_ms IS NULL AND quarantined IS NULL ORDER BY id LIMIT ?1",
@@ -271,7 +269,7 @@ impl Relay {
         let logged = reason.clone();
         let result = self
             .store
-            .run_untraced(move |c| {
+            .write_untraced(move |c| {
                 c.execute(
                     "UPDATE outbox SET quarantined = ?2 WHERE id = ?1",
                     params![id, reason],
@@ -309,20 +307,18 @@ impl Relay {
         let max = self.settings.max_republish;
         let result = self
             .store
-            .run_untraced(move |c| {
-                let tx = c.unchecked_transaction()?;
-                let again = tx.execute(
+            .write_untraced(move |c| {
+                let again = c.execute(
                     "UPDATE outbox SET sent_at_ms = NULL, republished = republished + 1
                      WHERE sent_at_ms < ?1 AND republished < ?2 AND quarantined IS NULL
                        AND order_id IN (SELECT id FROM orders WHERE status = 'ORDER_STATUS_PENDING')",
                     params![before, max],
                 )?;
-                tx.execute(
+                c.execute(
                     "DELETE FROM outbox WHERE sent_at_ms < ?1
                        AND order_id IN (SELECT id FROM orders WHERE status != 'ORDER_STATUS_PENDING')",
                     params![before],
                 )?;
-                tx.commit()?;
                 Ok(again)
             })
             .await;
@@ -355,7 +351,7 @@ pub(crate) mod tests {
     /// (sent, quarantined) entries.
     async fn counts(store: &Store) -> (i64, i64) {
         store
-            .run_untraced(|c| {
+            .read_untraced(|c| {
                 Ok(c.query_row(
                     "SELECT COUNT(sent_at_ms), COUNT(quarantined) FROM outbox",
                     [],
@@ -388,7 +384,7 @@ pub(crate) mod tests {
             .unwrap();
         // An entry whose payload is no event, written behind the API's back.
         store
-            .run_untraced(|c| {
+            .write_untraced(|c| {
                 c.execute(
                     "INSERT INTO outbox (order_id, payload, trace_context, created_at_ms)
                      VALUES ('o-bad', x'00ff', '', 0)",
@@ -411,7 +407,7 @@ pub(crate) mod tests {
 
     pub(crate) async fn pending_count(store: &Store) -> i64 {
         store
-            .run_untraced(|c| {
+            .read_untraced(|c| {
                 Ok(c.query_row(
                     "SELECT COUNT(*) FROM outbox WHERE sent_at_ms IS NULL AND quarantined IS NULL",
                     [],

@@ -1,20 +1,21 @@
 //! Orders in SQLite, and the one transaction that stores a new order together with its
 //! outbox entry (see `outbox.rs`), so an order is never stored without its event.
 //!
-//! rusqlite is blocking, so every query runs on tokio's blocking pool. Each query's
-//! CLIENT span is made on the async side, where the caller's span is current, so its
-//! parent is already fixed; the closure then enters it on the blocking thread
-//! (`in_scope`), which is what puts the events logged during the query inside it (with its
-//! trace id) and lets a failed query mark it.
+//! rusqlite is blocking, so no query runs on an async thread: writes go to the writer
+//! thread, which commits concurrent ones together, and reads to the blocking pool
+//! (`db.rs`). Each query's CLIENT span is made on the async side, where the caller's span
+//! is current, so its parent is already fixed; it is entered where the query runs
+//! (`in_scope`), which is what puts the events logged during the query inside it (with
+//! its trace id) and lets a failed query mark it.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use proto::order::v1::{Order, OrderItem, OrderStatus};
 use rusqlite::{Connection, OptionalExtension, params};
-use telemetry::span::{db_client, mark_error};
+use telemetry::span::db_client;
 
+use crate::db::Database;
 use crate::idempotency::{self, Claim, Earlier};
 use crate::outbox::{self, NewEntry};
 
@@ -43,7 +44,7 @@ pub enum Created {
 
 #[derive(Debug, Clone)]
 pub struct Store {
-    connection: Arc<Mutex<Connection>>,
+    db: Database,
 }
 
 const SCHEMA: &str = "
@@ -59,23 +60,18 @@ CREATE TABLE IF NOT EXISTS orders (
 
 impl Store {
     /// Opens (and creates if needed) the database. WAL and `synchronous=FULL` make each
-    /// committed order survive a crash.
+    /// committed order survive a crash; see `db.rs` for how writes share commits.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let connection = Connection::open(path)?;
-        connection.pragma_update(None, "journal_mode", "WAL")?;
-        connection.pragma_update(None, "synchronous", "FULL")?;
-        connection.busy_timeout(std::time::Duration::from_secs(5))?;
-        connection.execute_batch(SCHEMA)?;
-        connection.execute_batch(outbox::SCHEMA)?;
-        connection.execute_batch(idempotency::SCHEMA)?;
+        let schema = [SCHEMA, outbox::SCHEMA, idempotency::SCHEMA].concat();
         Ok(Self {
-            connection: Arc::new(Mutex::new(connection)),
+            db: Database::open(path, &schema)?,
         })
     }
 
-    /// Runs `query` on the blocking pool inside a database CLIENT span
-    /// (`{operation} {table}`), a child of the caller's span. A failed query marks it.
-    pub(crate) async fn run<T, F>(
+    /// Runs `query` as a write (see `db.rs`) inside a database CLIENT span
+    /// (`{operation} {table}`), a child of the caller's span, which ends after the commit.
+    /// Its changes are kept only if it returns `Ok`: it is atomic, like a transaction.
+    pub(crate) async fn write<T, F>(
         &self,
         operation: &'static str,
         table: &'static str,
@@ -86,40 +82,46 @@ impl Store {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let span = db_client("sqlite", operation, table);
-        self.run_untraced(move |connection| {
-            span.in_scope(|| {
-                let result = query(connection);
-                if let Err(StoreError::Database(error)) = &result {
-                    let code = error.sqlite_error_code().map(|c| format!("{c:?}"));
-                    mark_error(
-                        &span,
-                        code.as_deref().unwrap_or("database"),
-                        &error.to_string(),
-                    );
-                }
-                result
-            })
-        })
-        .await
+        self.db.write(Some(span), query).await
     }
 
-    /// Runs `query` on the blocking pool without a span. For background polls: a poll
-    /// every second would put a one-span trace in Jaeger every second; the work a poll
-    /// finds is traced instead.
-    pub(crate) async fn run_untraced<T, F>(&self, query: F) -> Result<T, StoreError>
+    /// Transactions committed so far (fewer than writes when group commit works).
+    pub fn commits(&self) -> u64 {
+        self.db.commits()
+    }
+
+    /// Runs `query` on the reading connection inside a database CLIENT span.
+    pub(crate) async fn read<T, F>(
+        &self,
+        operation: &'static str,
+        table: &'static str,
+        query: F,
+    ) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let connection = Arc::clone(&self.connection);
-        tokio::task::spawn_blocking(move || {
-            let connection = connection
-                .lock()
-                .map_err(|_| StoreError::Task("database lock poisoned".into()))?;
-            query(&connection)
-        })
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))?
+        let span = db_client("sqlite", operation, table);
+        self.db.read(Some(span), query).await
+    }
+
+    /// `write` without a span, and `read_untraced` likewise. For background work: a poll
+    /// every second would put a one-span trace in Jaeger every second; the work a poll
+    /// finds is traced instead.
+    pub(crate) async fn write_untraced<T, F>(&self, query: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.db.write(None, query).await
+    }
+
+    pub(crate) async fn read_untraced<T, F>(&self, query: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.db.read(None, query).await
     }
 
     /// Stores a new order and its outbox entry in one transaction: both or neither. With
@@ -131,11 +133,11 @@ impl Store {
         event: NewEntry,
         claim: Option<(Claim, String)>,
     ) -> Result<Created, StoreError> {
-        self.run("INSERT", "orders", move |c| {
-            let tx = c.unchecked_transaction()?;
+        // One write: the key, the order and its entry are kept together or not at all.
+        self.write("INSERT", "orders", move |c| {
             if let Some((claim, trace_id)) = &claim {
-                match idempotency::find(&tx, claim)? {
-                    Earlier::None => idempotency::record(&tx, claim, &order.order_id, trace_id)?,
+                match idempotency::find(c, claim)? {
+                    Earlier::None => idempotency::record(c, claim, &order.order_id, trace_id)?,
                     Earlier::SameOrder { order_id, trace_id } => {
                         return Ok(Created::Replayed { order_id, trace_id });
                     }
@@ -144,7 +146,7 @@ impl Store {
                     }
                 }
             }
-            tx.execute(
+            c.execute(
                 "INSERT INTO orders (id, customer_id, items, status, created_at_ms)
                  VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![
@@ -155,8 +157,7 @@ impl Store {
                     now_ms(),
                 ],
             )?;
-            outbox::insert(&tx, &event)?;
-            tx.commit()?;
+            outbox::insert(c, &event)?;
             Ok(Created::New)
         })
         .await
@@ -164,12 +165,12 @@ impl Store {
 
     /// Forgets idempotency keys past their time; returns how many.
     pub async fn forget_expired_keys(&self) -> Result<usize, StoreError> {
-        self.run_untraced(|c| Ok(idempotency::forget_expired(c)?))
+        self.write_untraced(|c| Ok(idempotency::forget_expired(c)?))
             .await
     }
 
     pub async fn get(&self, id: String) -> Result<Order, StoreError> {
-        self.run("SELECT", "orders", move |c| {
+        self.read("SELECT", "orders", move |c| {
             c.query_row(
                 "SELECT id, customer_id, items, status, failure_reason FROM orders WHERE id = ?1",
                 params![id],
@@ -189,9 +190,8 @@ impl Store {
         status: OrderStatus,
         failure_reason: Option<String>,
     ) -> Result<Order, StoreError> {
-        self.run("UPDATE", "orders", move |c| {
-            let tx = c.unchecked_transaction()?;
-            let mut order = tx
+        self.write("UPDATE", "orders", move |c| {
+            let mut order = c
                 .query_row(
                     "SELECT id, customer_id, items, status, failure_reason FROM orders WHERE id = ?1",
                     params![id],
@@ -208,11 +208,10 @@ impl Store {
                     current: order.status(),
                 });
             }
-            tx.execute(
+            c.execute(
                 "UPDATE orders SET status = ?2, failure_reason = ?3 WHERE id = ?1",
                 params![id, status.as_str_name(), failure_reason],
             )?;
-            tx.commit()?;
             order.set_status(status);
             order.failure_reason = failure_reason.unwrap_or_default();
             Ok(order)
@@ -220,9 +219,9 @@ impl Store {
         .await
     }
 
-    /// For readiness: the database answers.
+    /// For readiness: the database answers through the writer (which every order needs).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        self.run_untraced(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
+        self.write_untraced(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
             .await
     }
 }
