@@ -263,6 +263,10 @@ where
             self.handle.clone(),
             stop.clone(),
             Arc::clone(&self.permits),
+            Ended {
+                room: self.room.clone(),
+                lane: self.next_id,
+            },
         ));
         Lane {
             id: self.next_id,
@@ -297,6 +301,7 @@ async fn lane<H, F>(
     handle: H,
     stop: CancellationToken,
     permits: Arc<Semaphore>,
+    ended: Ended,
 ) where
     H: Fn(OwnedMessage, CancellationToken) -> F + Sync,
     F: Future<Output = Handled> + Send + 'static,
@@ -327,6 +332,13 @@ async fn lane<H, F>(
                     // A handler panicked: its record is not done. Ending the lane ends
                     // the worker (see `ended`), before any later offset is stored.
                     tracing::error!(%topic, partition, "a record's handler panicked");
+                    // Reported at once: the partition may get no record that would
+                    // find the lane gone.
+                    let _ = ended.room.send(Room {
+                        partition: (topic, partition),
+                        lane: ended.lane,
+                        open: false,
+                    });
                     return;
                 };
                 if handled == Handled::Interrupted {
@@ -409,6 +421,12 @@ fn wait_for_room(
             open,
         });
     });
+}
+
+/// How a lane whose handler panicked tells the dispatcher.
+struct Ended {
+    room: mpsc::UnboundedSender<Room>,
+    lane: u64,
 }
 
 /// A lane ends only when told to stop, so one that ended by itself panicked. Its records
@@ -781,5 +799,37 @@ mod tests {
         running.await.unwrap().unwrap();
         // 2 and 3 were done, but 1 was not: the next worker starts at 1.
         assert_eq!(committed(&consumer, topic, 0), Offset::Offset(1));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_handler_stops_the_worker_without_storing_past_its_record() {
+        let topic = "panicking";
+        let keys = vec![Some("a"), Some("b"), Some("c")];
+        let (_kafka, consumer, revocations) = keyed_cluster(topic, &[keys]).await;
+        let handle = move |record: OwnedMessage, _stop: CancellationToken| async move {
+            if record.offset() == 1 {
+                panic!("a bug in the handler");
+            }
+            Handled::Done
+        };
+        let shutdown = CancellationToken::new();
+        // No record follows to find the lane gone: the lane itself must report it.
+        let result = tokio::time::timeout(
+            Duration::from_secs(30),
+            run(Arc::clone(&consumer), revocations, BOUNDS, handle, shutdown),
+        )
+        .await
+        .expect("the worker stops by itself");
+        let error = result.expect_err("a panicked lane is an error");
+        assert!(error.to_string().contains("ended unexpectedly"), "{error}");
+        // Record 0 may be stored; record 1 never is, so it comes again.
+        let next = committed(&consumer, topic, 0);
+        assert!(
+            matches!(
+                next,
+                Offset::Invalid | Offset::Offset(0) | Offset::Offset(1)
+            ),
+            "{next:?}"
+        );
     }
 }
