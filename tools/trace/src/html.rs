@@ -31,6 +31,7 @@ summary { cursor: pointer; list-style: none; padding: 2px 0; }
 summary::-webkit-details-marker { display: none; }
 summary:hover { background: #f5f7fa; }
 .label { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
+.tree { font-family: ui-monospace, Menlo, Consolas, monospace; white-space: pre; }
 .service { font-weight: 600; margin-right: .4rem; }
 .kind { color: #888; font-size: 11px; margin-left: .4rem; }
 .track { position: relative; }
@@ -102,7 +103,7 @@ pub fn render(trace: &Trace) -> String {
         };
         let _ = writeln!(
             out,
-            "<details><summary><span class=\"label\"><span class=\"mono\">{prefix}</span>\
+            "<details><summary><span class=\"label\"><span class=\"tree\">{prefix}</span>\
              <span class=\"service\" style=\"color:{colour}\">{service}</span>{name}\
              <span class=\"kind\">{kind}</span>{error}</span>\
              <span class=\"track\"><span class=\"bar{error_class}\" style=\"left:{left:.3}%;width:{width:.3}%;background-color:{colour}\"></span>\
