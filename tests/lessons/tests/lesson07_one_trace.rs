@@ -16,7 +16,7 @@ use std::time::Duration;
 use opentelemetry::trace::{SpanKind, TraceId};
 use opentelemetry_sdk::trace::SpanData;
 use support::services::{Service, Stack};
-use support::spans::{assert_child, assert_own_trace, attribute, is_root, one, trace};
+use support::spans::{assert_child, assert_own_trace, attribute, is_root, of_trace, one, trace};
 use support::{PropagatorLock, wait_for};
 use telemetry::propagation::kafka::KafkaClient;
 use telemetry::propagation::stored;
@@ -71,11 +71,12 @@ fn broken_with_an_empty_propagator_one_order_splits_into_five_traces() {
     let (order_id, _) = place_an_order(&stack);
 
     let gateway = one(&stack.gateway().spans(), "POST /api/orders").clone();
-    let orders = stack.order_service.spans();
-    let create = one(&orders, "order.v1.OrderService/CreateOrder").clone();
-    let send = about(&stack.order_service, "send orders", &order_id);
+    let orders = &stack.order_service;
+    // Waited for: a server span can end a moment after the order reads FULFILLED.
+    let create = orders.wait_for_span("order.v1.OrderService/CreateOrder", |_| true);
+    let send = about(orders, "send orders", &order_id);
     let process = about(stack.worker(), "process orders", &order_id);
-    let complete = one(&orders, "order.v1.OrderService/CompleteOrder").clone();
+    let complete = orders.wait_for_span("order.v1.OrderService/CompleteOrder", |_| true);
     // Each hop that needs the propagator starts a trace of its own.
     for span in [&create, &send, &process, &complete] {
         assert!(is_root(span), "{:?} should be a root", span.name);
@@ -93,31 +94,24 @@ fn fixed_one_order_is_one_trace_from_the_gateway_to_the_last_complete_order() {
     let _propagator = PropagatorLock::take();
     let stack = Stack::full();
     let (_, trace_id) = place_an_order(&stack);
-    let worker = stack.worker();
-    // The worker's last span ends after its CompleteOrder call has been answered.
-    worker.wait_for_span("process orders", |s| trace(s) == trace_id);
-    let gateway = stack.gateway().spans();
-    let orders = stack.order_service.spans();
-    let worker = worker.spans();
-
-    let http = one(&gateway, "POST /api/orders");
-    assert!(is_root(http), "the trace starts at the gateway");
-    let in_trace = |spans: &[SpanData], name: &str| -> SpanData {
-        let found: Vec<&SpanData> = spans
-            .iter()
-            .filter(|s| s.name == name && trace(s) == trace_id)
-            .collect();
-        assert_eq!(found.len(), 1, "{name} in the order's trace");
-        found[0].clone()
+    // Each span of the order's trace, waited for (a server span can end a moment after
+    // the order reads FULFILLED), and only one of each.
+    let in_trace = |service: &Service, name: &str| -> SpanData {
+        service.wait_for_span(name, |s| trace(s) == trace_id);
+        let found = of_trace(&service.spans(), trace_id);
+        one(&found, name).clone()
     };
-    let create_client = in_trace(&gateway, "order.v1.OrderService/CreateOrder");
-    let create_server = in_trace(&orders, "order.v1.OrderService/CreateOrder");
-    let send = in_trace(&orders, "send orders");
-    let process = in_trace(&worker, "process orders");
-    let complete_client = in_trace(&worker, "order.v1.OrderService/CompleteOrder");
-    let complete_server = in_trace(&orders, "order.v1.OrderService/CompleteOrder");
-    let update = in_trace(&orders, "UPDATE orders");
-    assert_child(&create_client, http, SpanKind::Client);
+    let (gateway, orders, worker) = (stack.gateway(), &stack.order_service, stack.worker());
+    let http = in_trace(gateway, "POST /api/orders");
+    assert!(is_root(&http), "the trace starts at the gateway");
+    let create_client = in_trace(gateway, "order.v1.OrderService/CreateOrder");
+    let create_server = in_trace(orders, "order.v1.OrderService/CreateOrder");
+    let send = in_trace(orders, "send orders");
+    let process = in_trace(worker, "process orders");
+    let complete_client = in_trace(worker, "order.v1.OrderService/CompleteOrder");
+    let complete_server = in_trace(orders, "order.v1.OrderService/CompleteOrder");
+    let update = in_trace(orders, "UPDATE orders");
+    assert_child(&create_client, &http, SpanKind::Client);
     assert_child(&create_server, &create_client, SpanKind::Server);
     assert_child(&send, &create_server, SpanKind::Producer);
     assert_child(&process, &send, SpanKind::Consumer);
