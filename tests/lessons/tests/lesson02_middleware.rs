@@ -14,8 +14,9 @@ use proto::order::v1::{
     CompleteOrderRequest, CreateOrderRequest, CreateOrderResponse, GetOrderRequest, Order,
 };
 use support::services::{Service, Stack};
-use support::spans::{assert_child, assert_own_trace, attribute, id, one, trace};
+use support::spans::{assert_child, assert_own_trace, attribute, id, is_root, one, trace};
 use tonic::{Request, Response, Status};
+use tower::ServiceExt;
 use tracing::Instrument;
 
 const UNKNOWN_ORDER: &str = "6f1c1f2e-1d55-4b8e-9d3a-1b9b8a6c2f00";
@@ -158,5 +159,74 @@ fn fixed_the_client_layer_injects_and_the_server_layer_extracts() {
         .order_service
         .wait_for_span("SELECT orders", |s| s.parent_span_id == id(&server));
     assert_child(&query, &server, SpanKind::Client);
+    stack.stop();
+}
+
+// The HTTP edge: the same rule with `HttpServerLayer`, which the gateway's router carries.
+
+const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+
+fn get_with_traceparent(path: &str) -> http::Request<axum::body::Body> {
+    http::Request::get(path)
+        .header("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"))
+        .body(axum::body::Body::empty())
+        .unwrap()
+}
+
+#[test]
+fn broken_an_http_handler_without_the_server_layer_ignores_the_callers_traceparent() {
+    let gateway = Service::new("gateway");
+    let app = axum::Router::new().route(
+        "/api/orders/{id}",
+        axum::routing::get(|| async {
+            let span = tracing::info_span!("GET /api/orders/{id}");
+            let _entered = span.enter();
+            http::StatusCode::NOT_FOUND
+        }),
+    );
+    let status = gateway.run(async move {
+        app.oneshot(get_with_traceparent(&format!(
+            "/api/orders/{UNKNOWN_ORDER}"
+        )))
+        .await
+        .unwrap()
+        .status()
+    });
+    assert_eq!(status, http::StatusCode::NOT_FOUND);
+    let spans = gateway.spans();
+    let hand_made = one(&spans, "GET /api/orders/{id}");
+    assert!(is_root(hand_made), "the hand-made span should be a root");
+    assert_ne!(trace(hand_made).to_string(), CALLER_TRACE);
+}
+
+#[test]
+fn fixed_the_gateways_http_server_layer_continues_the_callers_trace() {
+    let stack = Stack::order_service();
+    let gateway = Service::new("gateway");
+    let client = gateway.order_client(stack.order_service_addr);
+    let config = gateway::Config::from_env(&|_: &str| None).unwrap();
+    // The gateway's own router, with its layers.
+    let app = gateway::router(client, &config, lifecycle::health::Readiness::default());
+    let response = gateway.run(async move {
+        app.oneshot(get_with_traceparent(&format!(
+            "/api/orders/{UNKNOWN_ORDER}"
+        )))
+        .await
+        .unwrap()
+    });
+    assert_eq!(response.status(), http::StatusCode::NOT_FOUND);
+    let spans = gateway.spans();
+    let server = one(&spans, "GET /api/orders/{id}");
+    assert_eq!(server.span_kind, SpanKind::Server);
+    assert_eq!(trace(server).to_string(), CALLER_TRACE);
+    assert_eq!(server.parent_span_id.to_string(), CALLER_SPAN);
+    assert!(server.parent_span_is_remote);
+    let traceresponse = response.headers()["traceresponse"].to_str().unwrap();
+    assert!(traceresponse.contains(CALLER_TRACE), "{traceresponse}");
+    // And on down the next hop.
+    stack
+        .order_service
+        .wait_for_span(GET_ORDER, |s| trace(s) == trace(server));
     stack.stop();
 }

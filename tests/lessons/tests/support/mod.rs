@@ -23,11 +23,12 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
     }
 }
 
-/// The process-wide propagator, for the tests that swap it: an empty one in a broken
-/// variant, the project's W3C one back afterwards. Tests in one binary run on parallel
-/// threads of one process, so a test that swaps it holds this lock for its whole run,
-/// and the project's propagator is back when the guard drops, even after a panic.
-pub struct PropagatorLock(#[allow(dead_code)] MutexGuard<'static, ()>);
+/// The process-wide propagator, for the test binaries where a broken variant empties it.
+/// Tests in one binary run on parallel threads of one process, and every service a test
+/// makes installs the project's propagator again, so every test of such a binary holds
+/// this lock for its whole run; the project's propagator is back when the lock drops,
+/// even after a panic.
+pub struct PropagatorLock(MutexGuard<'static, ()>);
 
 static PROPAGATOR: Mutex<()> = Mutex::new(());
 
