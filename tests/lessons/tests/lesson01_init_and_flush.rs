@@ -171,7 +171,7 @@ fn fixed_init_once_then_shutdown_before_exit_exports_every_span() {
         runtime.block_on(async {
             // As in services/*/src/main.rs.
             let telemetry = telemetry::init(&config()).unwrap();
-            // Once: a second call is refused rather than stacking a second pipeline.
+            // Once: a second call fails (the subscriber stays the first one).
             assert!(matches!(
                 telemetry::init(&config()),
                 Err(InitError::AlreadyInitialised(_))
