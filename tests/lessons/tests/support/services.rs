@@ -221,6 +221,12 @@ impl Stack {
             }
             service.capture.shutdown();
         }
+    }
+}
+
+impl Drop for Stack {
+    /// After `stop`, or after a failed test: the database goes either way.
+    fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 }
