@@ -74,7 +74,7 @@ fn fixed_the_workers_spawned_steps_stay_in_the_consumers_trace() {
     let worker = Service::new("worker");
     let outcome = worker.run(async {
         let consumer = telemetry::internal_span!("process orders");
-        worker::fulfilment::fulfil(&event())
+        worker::fulfilment::fulfil(&event(), faults::FaultInjection::Off)
             .instrument(consumer)
             .await
     });

@@ -77,7 +77,7 @@ fn fixed_a_step_span_attached_with_instrument_covers_its_task_and_records_its_fa
     });
     let outcome = worker.run(async move {
         let consumer = telemetry::internal_span!("process orders");
-        worker::fulfilment::fulfil(&event)
+        worker::fulfilment::fulfil(&event, faults::FaultInjection::Off)
             .instrument(consumer)
             .await
     });

@@ -39,7 +39,9 @@ async fn fulfil_an_order() -> String {
         }],
         ..Order::default()
     });
-    worker::fulfilment::fulfil(&event).instrument(span).await;
+    worker::fulfilment::fulfil(&event, faults::FaultInjection::Off)
+        .instrument(span)
+        .await;
     trace_id
 }
 

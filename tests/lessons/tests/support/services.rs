@@ -118,6 +118,8 @@ impl Stack {
                 reconcile_after: Duration::from_secs(60),
                 max_republish: 3,
             },
+            // Settings this lesson does not need keep their defaults.
+            ..order_service::Config::from_env(&|_: &str| None).expect("default settings")
         };
         let app = order_service
             .runtime
