@@ -10,8 +10,9 @@ Then the rules this project holds its manifests to (`policy_violations`), so tha
 true as the manifests change: probes, requests and limits, the restricted security context, a
 PodDisruptionBudget for every Deployment, one replica where a pod owns a ReadWriteOnce volume,
 the worker's autoscaler within the topic's partitions, Collector memory limits below the
-container's, only variables the services read (the README's configuration tables), and the
-public-edge settings of the production overlay.
+container's, every --config file present in a mounted ConfigMap, the Collector and Jaeger
+images at the versions .env pins, only variables the services read (the README's
+configuration tables), and the public-edge settings of the production overlay.
 """
 
 from __future__ import annotations
@@ -203,6 +204,43 @@ def pod_violations(where: str, pod: dict) -> list[str]:
     return found
 
 
+def pinned_images(env_file: Path = REPO / ".env") -> dict[str, str]:
+    """The images docker compose pins (.env: *_IMAGE=repository:tag), by repository."""
+    pins = {}
+    for line in env_file.read_text().splitlines():
+        key, _, value = line.partition("=")
+        if key.endswith("_IMAGE") and ":" in value:
+            repository, _, tag = value.rpartition(":")
+            pins[repository] = tag
+    return pins
+
+
+def image_violations(where: str, container: dict, pins: dict[str, str]) -> list[str]:
+    """Kafka, the Collector and Jaeger at the versions compose and the native stack run."""
+    repository, _, tag = container["image"].rpartition(":")
+    if repository in pins and tag != pins[repository]:
+        return [f"{where}: {container['image']}, but .env pins {repository}:{pins[repository]}"]
+    return []
+
+
+def config_file_violations(where: str, pod: dict, container: dict, config_maps) -> list[str]:
+    """Every --config file a container is started with is a key of a mounted ConfigMap."""
+    mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    found = []
+    for arg in container.get("args", []):
+        if not arg.startswith("--config="):
+            continue
+        path = arg.removeprefix("--config=").removeprefix("file:")
+        directory, _, key = path.rpartition("/")
+        config_map = volumes.get(mounts.get(directory), {}).get("configMap", {}).get("name")
+        if config_map is None:
+            found.append(f"{where}: {arg}: no ConfigMap is mounted at {directory}")
+        elif key not in config_maps.get(config_map, {}):
+            found.append(f"{where}: {arg}: ConfigMap {config_map} has no key {key}")
+    return found
+
+
 def collector_memory_violations(where: str, container: dict, config_maps) -> list[str]:
     """The memory_limiter must refuse data before the container reaches its memory limit."""
     limit_mib = env_value(container, "COLLECTOR_MEMORY_LIMIT_MIB", config_maps)
@@ -216,7 +254,10 @@ def collector_memory_violations(where: str, container: dict, config_maps) -> lis
     return []
 
 
-def policy_violations(objects: list[dict], overlay: str, readme_vars: set[str]) -> list[str]:
+def policy_violations(
+    objects: list[dict], overlay: str, readme_vars: set[str], pins: dict[str, str] | None = None
+) -> list[str]:
+    pins = pinned_images() if pins is None else pins
     found = []
     by_kind: dict[str, list[dict]] = {}
     for obj in objects:
@@ -233,7 +274,10 @@ def policy_violations(objects: list[dict], overlay: str, readme_vars: set[str]) 
         labels = workload["spec"]["template"]["metadata"].get("labels", {})
         found += pod_violations(where, pod)
         for container in pod["containers"]:
-            found += collector_memory_violations(f"{where} container {container['name']}", container, config_maps)
+            at = f"{where} container {container['name']}"
+            found += collector_memory_violations(at, container, config_maps)
+            found += image_violations(at, container, pins)
+            found += config_file_violations(at, pod, container, config_maps)
 
         if workload["kind"] == "Deployment":
             if not any(selects(pdb["spec"]["selector"], labels) for pdb in pdbs):

@@ -129,6 +129,23 @@ class RenderedOverlays(unittest.TestCase):
         set_env(container(objects, "Deployment", "otel-gateway"), "COLLECTOR_MEMORY_LIMIT_MIB", "1024")
         self.assert_named(objects, "COLLECTOR_MEMORY_LIMIT_MIB=1024 is not below the memory limit 1Gi")
 
+    def test_images_at_the_pinned_versions(self):
+        objects = self.overlay()
+        container(objects, "DaemonSet", "otel-agent")["image"] = "otel/opentelemetry-collector-contrib:0.160.0"
+        self.assert_named(objects, "but .env pins otel/opentelemetry-collector-contrib:")
+        objects = self.overlay()
+        container(objects, "Deployment", "jaeger")["image"] = "jaegertracing/jaeger:2.1.0"
+        self.assert_named(objects, "but .env pins jaegertracing/jaeger:")
+
+    def test_a_config_file_that_is_not_mounted(self):
+        objects = self.overlay()
+        agent = container(objects, "DaemonSet", "otel-agent")
+        agent["args"] = [a.replace("agent-resolver-dns.yaml", "agent-resolver-static.yaml") for a in agent["args"]]
+        self.assert_named(objects, "has no key agent-resolver-static.yaml")
+        objects = self.overlay()
+        container(objects, "Deployment", "jaeger")["args"] = ["--config=/etc/otelcol/config.yaml"]
+        self.assert_named(objects, "no ConfigMap is mounted at /etc/otelcol")
+
     def test_a_variable_no_service_reads(self):
         objects = self.overlay()
         set_env(container(objects, "Deployment", "worker"), "KAFKA_GROUP", "worker")
