@@ -58,7 +58,11 @@ pub fn settings(config: &Config) -> ClientConfig {
         // Stored offsets are committed every 5 s and on shutdown and rebalance.
         .set("enable.auto.commit", "true")
         // We store an offset only once its record is handled: at-least-once.
-        .set("enable.auto.offset.store", "false");
+        .set("enable.auto.offset.store", "false")
+        // A partition resumed after backpressure joins the next fetch request; the broker
+        // holds a fetch for idle partitions up to this long (librdkafka's default is
+        // 500 ms, which stalled a busy partition each time it was resumed).
+        .set("fetch.wait.max.ms", "100");
     settings
 }
 
