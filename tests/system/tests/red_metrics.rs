@@ -162,8 +162,8 @@ impl Prometheus {
     }
 }
 
-/// Polls `probe` until it returns `Some`, for at most `WAIT`; `describe` says what was
-/// seen last when it never does.
+/// Polls `probe` until it returns `Ok`, for at most `WAIT`; past that, fails with the
+/// `Err` it returned last (what was seen instead).
 async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> T
 where
     F: FnMut() -> Fut,
@@ -406,7 +406,10 @@ fn red_metrics_from_spans_reach_prometheus_and_jaegers_monitor_tab() {
         .await;
         println!("exemplars leading to this run's traces: {exemplars}");
 
-        // Jaeger's Monitor tab: calls, errors and latencies for each service.
+        // Jaeger's Monitor tab: calls, errors and latencies for each service. Jaeger adds
+        // up all instances (earlier runs against this stack too): the exact counts are the
+        // Prometheus checks above; these prove that Jaeger finds the series by the names the
+        // Collector gives them (the worker's operation, this run's topic, is this run's alone).
         for (service, kind, operation) in [
             ("gateway", "server", "POST /api/orders"),
             ("order-service", "server", "order.v1.OrderService/CreateOrder"),
