@@ -92,7 +92,7 @@ impl Application {
         tasks.close();
 
         tracing::info!(addr = %self.listener.local_addr()?, "order-service listening");
-        let api = OrderApi::new(self.store.clone(), outbox);
+        let api = OrderApi::new(self.store.clone(), outbox, self.config.fault_injection);
         tonic::transport::Server::builder()
             // Extracts `traceparent` from the metadata and makes the SERVER span.
             .layer(GrpcServerLayer)

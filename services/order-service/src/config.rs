@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use faults::FaultInjection;
 use settings::{SettingError, Source, millis_or, parse_or, string_or};
 
 use crate::outbox::RelaySettings;
@@ -20,6 +21,9 @@ pub struct Config {
     pub kafka: KafkaConfig,
     /// `OUTBOX_*`: how the outbox relay paces itself.
     pub outbox: RelaySettings,
+    /// `FAULT_INJECTION`: `baggage` honours `demo.fault=order_service_unavailable` and
+    /// `demo.delay.create_order` in `CreateOrder` (default `off`; see the faults crate).
+    pub fault_injection: FaultInjection,
 }
 
 #[derive(Debug, Clone)]
@@ -56,6 +60,7 @@ impl Config {
                 )?,
                 max_republish: parse_or(source, "OUTBOX_MAX_REPUBLISH", 3)?,
             },
+            fault_injection: FaultInjection::from_env(source)?,
         })
     }
 }
@@ -71,6 +76,7 @@ mod tests {
         ("OUTBOX_POLL_INTERVAL_MS", "-5"),
         ("OUTBOX_RECONCILE_AFTER_MS", "0"),
         ("OUTBOX_MAX_REPUBLISH", "many"),
+        ("FAULT_INJECTION", "on"),
     ];
 
     #[test]

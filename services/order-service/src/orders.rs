@@ -2,6 +2,7 @@
 //! telemetry crate has already made the SERVER span and continued the caller's trace,
 //! and everything below runs inside it.
 
+use faults::{FaultInjection, Step};
 use proto::order::v1::order_service_server::OrderService;
 use proto::order::v1::{
     CompleteOrderRequest, CreateOrderRequest, CreateOrderResponse, GetOrderRequest, Order,
@@ -21,11 +22,16 @@ const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 pub struct OrderApi {
     store: Store,
     outbox: Outbox,
+    faults: FaultInjection,
 }
 
 impl OrderApi {
-    pub fn new(store: Store, outbox: Outbox) -> Self {
-        Self { store, outbox }
+    pub fn new(store: Store, outbox: Outbox, faults: FaultInjection) -> Self {
+        Self {
+            store,
+            outbox,
+            faults,
+        }
     }
 }
 
@@ -43,6 +49,17 @@ impl OrderService for OrderApi {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
 
         let claim = idempotency_claim(&request)?;
+
+        // A fault the request's baggage asks for (FAULT_INJECTION=baggage), recorded on
+        // this SERVER span; an injected outage stores nothing, like a real one.
+        let injected = self.faults.at(Step::CreateOrder);
+        injected.wait().await;
+        if let Some(fault) = injected.fault {
+            return Err(Status::unavailable(format!(
+                "the order-service is unavailable (asked for by baggage {})",
+                fault.member()
+            )));
+        }
 
         let mut order = Order {
             order_id: uuid::Uuid::new_v4().to_string(),

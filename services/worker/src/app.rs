@@ -60,6 +60,7 @@ impl Application {
             reporter: Reporter::new(order_service.client),
             dead_letters,
             retry: config.retry,
+            faults: config.fault_injection,
         };
         Ok(Self {
             config,

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 
+use faults::FaultInjection;
 use proto::client::ClientConfig;
 use settings::{SettingError, Source, millis_or, parse_or, positive_or, string_or};
 
@@ -37,6 +38,9 @@ pub struct Config {
     pub max_in_flight: usize,
     /// `HEALTH_ADDR`: the liveness/readiness HTTP endpoint (default `0.0.0.0:8081`).
     pub health_addr: SocketAddr,
+    /// `FAULT_INJECTION`: `baggage` honours `demo.fault=stock_out|payment_declined` and
+    /// `demo.delay.reserve_stock|charge_payment` (default `off`; see the faults crate).
+    pub fault_injection: FaultInjection,
 }
 
 impl Config {
@@ -67,6 +71,7 @@ impl Config {
             order_service: ClientConfig::from_source(source)?,
             max_in_flight: max_in_flight(source)?,
             health_addr: parse_or(source, "HEALTH_ADDR", ([0, 0, 0, 0], 8081).into())?,
+            fault_injection: FaultInjection::from_env(source)?,
         })
     }
 }
@@ -102,6 +107,7 @@ mod tests {
         ("WORKER_MAX_IN_FLIGHT", "0"),
         ("WORKER_MAX_IN_FLIGHT", "many"),
         ("WORKER_MAX_IN_FLIGHT", "10001"),
+        ("FAULT_INJECTION", "yes"),
     ];
 
     #[test]

@@ -8,11 +8,11 @@
 //!   would evict the worker from its group and hand its partitions to another.
 //! - **Concurrency.** A lane starts each record in a task of its own while it holds one
 //!   of `WORKER_MAX_IN_FLIGHT` permits shared by all lanes; a record whose key (the order
-//!   id) already has one running waits behind it, holding its permit, so one order's
-//!   records stay in order. Records without a key (the project writes none) count as one
+//!   id) already has one running waits behind it, without a permit (a slow order must not
+//!   take other partitions' turns), so one order's records stay in order. Records without a key (the project writes none) count as one
 //!   key: in order, one at a time.
-//! - **Backpressure.** With every permit taken, lanes take no records; when a lane's
-//!   channel is full, its partition is paused (`Consumer::pause`) and the record in hand
+//! - **Backpressure.** A lane holds at most `LANE_CAPACITY` records waiting for their key
+//!   or a permit, then takes no more; when its channel is full, its partition is paused (`Consumer::pause`) and the record in hand
 //!   waits in the lane's `parked` queue; a small task waits until half the channel is
 //!   free, then the parked records go in and the partition is resumed. librdkafka drops
 //!   what it had already fetched for a paused partition and fetches it again on resume,
@@ -30,6 +30,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,7 +40,7 @@ use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedMessage};
 use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -63,9 +64,10 @@ pub enum Handled {
 /// How much the dispatcher holds at once.
 #[derive(Debug, Clone, Copy)]
 pub struct Bounds {
-    /// Records a lane's channel holds before its partition is paused.
+    /// Records a lane's channel holds, and records a lane holds waiting for their key or
+    /// a permit: past either, its partition is paused.
     pub lane_capacity: usize,
-    /// Records being handled (or waiting behind one of their key) across all lanes.
+    /// Records being handled at once, across all lanes.
     pub max_in_flight: usize,
 }
 
@@ -260,9 +262,14 @@ where
             Arc::clone(&self.consumer),
             partition,
             receiver,
+            self.capacity,
             self.handle.clone(),
             stop.clone(),
             Arc::clone(&self.permits),
+            Ended {
+                room: self.room.clone(),
+                lane: self.next_id,
+            },
         ));
         Lane {
             id: self.next_id,
@@ -286,39 +293,40 @@ where
 
 /// One partition's records: records of different keys concurrently, records of one key
 /// one after the other in offset order, each in a task of its own while it holds one of
-/// the worker's `permits` (`WORKER_MAX_IN_FLIGHT`). Without a permit the lane takes no
-/// record, its channel fills and the dispatcher pauses the partition: the bound is
-/// backpressure, not a buffer. Offsets are stored by [`Progress`]: only the contiguous
+/// the worker's `permits` (`WORKER_MAX_IN_FLIGHT`). A record waiting for its key holds
+/// no permit (a slow order must not take the others' turns); the lane holds at most
+/// `capacity` records that wait (for their key, or for a permit), then takes no more:
+/// its channel fills and the dispatcher pauses the partition. The bounds are
+/// backpressure, not buffers. Offsets are stored by [`Progress`]: only the contiguous
 /// prefix of done records.
+#[allow(clippy::too_many_arguments)] // one lane's whole world; a struct would only rename it
 async fn lane<H, F>(
     consumer: Arc<WorkerConsumer>,
     (topic, partition): PartitionId,
     mut records: mpsc::Receiver<OwnedMessage>,
+    capacity: usize,
     handle: H,
     stop: CancellationToken,
     permits: Arc<Semaphore>,
+    ended: Ended,
 ) where
     H: Fn(OwnedMessage, CancellationToken) -> F + Sync,
     F: Future<Output = Handled> + Send + 'static,
 {
     let mut progress = Progress::default();
-    // A key is here while one of its records runs; behind it wait the key's next
-    // records, each with its permit (so waiting records count against the bound too).
-    let mut keys: HashMap<Option<Vec<u8>>, VecDeque<(OwnedMessage, OwnedSemaphorePermit)>> =
-        HashMap::new();
+    // Records whose key is free, in offset order, waiting for a permit.
+    let mut ready: VecDeque<OwnedMessage> = VecDeque::new();
+    // A key is here while one of its records runs or is ready; behind it wait the key's
+    // next records.
+    let mut keys: HashMap<Option<Vec<u8>>, VecDeque<OwnedMessage>> = HashMap::new();
+    let mut waiting = 0; // in `ready` and behind keys
     let mut running = JoinSet::new();
-    // The record taken from the channel, waiting for a permit.
-    let mut next = None;
-    let start = |running: &mut JoinSet<_>, record: OwnedMessage, permit: OwnedSemaphorePermit| {
-        let (offset, key) = (record.offset(), record.key().map(<[u8]>::to_vec));
-        let handled = handle(record, stop.clone());
-        running.spawn(async move {
-            let handled = handled.await;
-            drop(permit);
-            (offset, key, handled)
-        });
-    };
+    // Kept across turns of the loop, so the lane keeps its place in the semaphore's queue.
+    let mut acquiring: Option<Pin<Box<Acquire>>> = None;
     loop {
+        if acquiring.is_none() && !ready.is_empty() {
+            acquiring = Some(Box::pin(Arc::clone(&permits).acquire_owned()));
+        }
         tokio::select! {
             biased;
             () = stop.cancelled() => break,
@@ -327,6 +335,13 @@ async fn lane<H, F>(
                     // A handler panicked: its record is not done. Ending the lane ends
                     // the worker (see `ended`), before any later offset is stored.
                     tracing::error!(%topic, partition, "a record's handler panicked");
+                    // Reported at once: the partition may get no record that would
+                    // find the lane gone.
+                    let _ = ended.room.send(Room {
+                        partition: (topic, partition),
+                        lane: ended.lane,
+                        open: false,
+                    });
                     return;
                 };
                 if handled == Handled::Interrupted {
@@ -334,32 +349,44 @@ async fn lane<H, F>(
                     break;
                 }
                 store(&consumer, &topic, partition, progress.done(offset));
-                // The key's next record, if one waits.
-                if let Some(waiting) = keys.get_mut(&key) {
-                    match waiting.pop_front() {
-                        Some((record, permit)) => start(&mut running, record, permit),
-                        None => {
-                            keys.remove(&key);
-                        }
+                // The key's next record, if one waits, is ready now.
+                match keys.get_mut(&key).and_then(VecDeque::pop_front) {
+                    Some(next) => ready.push_back(next),
+                    None => {
+                        keys.remove(&key);
                     }
                 }
             }
-            record = records.recv(), if next.is_none() => {
-                let Some(record) = record else { break };
-                next = Some(record);
-            }
-            // A permit only for a record in hand: a lane never sits on one while its
-            // partition is quiet and others wait.
-            acquired = Arc::clone(&permits).acquire_owned(), if next.is_some() => {
+            acquired = async {
+                match acquiring.as_mut() {
+                    Some(acquire) => acquire.await,
+                    None => std::future::pending().await,
+                }
+            }, if acquiring.is_some() => {
+                acquiring = None;
                 // The semaphore is never closed.
-                let (Ok(permit), Some(record)) = (acquired, next.take()) else { break };
+                let Ok(permit) = acquired else { break };
+                if let Some(record) = ready.pop_front() {
+                    waiting -= 1;
+                    let (offset, key) = (record.offset(), record.key().map(<[u8]>::to_vec));
+                    let handled = handle(record, stop.clone());
+                    running.spawn(async move {
+                        let handled = handled.await;
+                        drop(permit);
+                        (offset, key, handled)
+                    });
+                }
+            }
+            record = records.recv(), if waiting < capacity => {
+                let Some(record) = record else { break };
                 progress.taken(record.offset());
+                waiting += 1;
                 let key = record.key().map(<[u8]>::to_vec);
                 match keys.get_mut(&key) {
-                    Some(waiting) => waiting.push_back((record, permit)),
+                    Some(behind) => behind.push_back(record),
                     None => {
                         keys.insert(key, VecDeque::new());
-                        start(&mut running, record, permit);
+                        ready.push_back(record);
                     }
                 }
             }
@@ -376,6 +403,9 @@ async fn lane<H, F>(
         tracing::info!(%topic, partition, left = progress.pending(), "records left for redelivery");
     }
 }
+
+/// Waiting for a permit of `WORKER_MAX_IN_FLIGHT`.
+type Acquire = dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send;
 
 fn store(consumer: &WorkerConsumer, topic: &str, partition: i32, offset: Option<i64>) {
     let Some(offset) = offset else { return };
@@ -409,6 +439,12 @@ fn wait_for_room(
             open,
         });
     });
+}
+
+/// How a lane whose handler panicked tells the dispatcher.
+struct Ended {
+    room: mpsc::UnboundedSender<Room>,
+    lane: u64,
 }
 
 /// A lane ends only when told to stop, so one that ended by itself panicked. Its records
@@ -781,5 +817,37 @@ mod tests {
         running.await.unwrap().unwrap();
         // 2 and 3 were done, but 1 was not: the next worker starts at 1.
         assert_eq!(committed(&consumer, topic, 0), Offset::Offset(1));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_handler_stops_the_worker_without_storing_past_its_record() {
+        let topic = "panicking";
+        let keys = vec![Some("a"), Some("b"), Some("c")];
+        let (_kafka, consumer, revocations) = keyed_cluster(topic, &[keys]).await;
+        let handle = move |record: OwnedMessage, _stop: CancellationToken| async move {
+            if record.offset() == 1 {
+                panic!("a bug in the handler");
+            }
+            Handled::Done
+        };
+        let shutdown = CancellationToken::new();
+        // No record follows to find the lane gone: the lane itself must report it.
+        let result = tokio::time::timeout(
+            Duration::from_secs(30),
+            run(Arc::clone(&consumer), revocations, BOUNDS, handle, shutdown),
+        )
+        .await
+        .expect("the worker stops by itself");
+        let error = result.expect_err("a panicked lane is an error");
+        assert!(error.to_string().contains("ended unexpectedly"), "{error}");
+        // Record 0 may be stored; record 1 never is, so it comes again.
+        let next = committed(&consumer, topic, 0);
+        assert!(
+            matches!(
+                next,
+                Offset::Invalid | Offset::Offset(0) | Offset::Offset(1)
+            ),
+            "{next:?}"
+        );
     }
 }

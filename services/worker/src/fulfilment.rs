@@ -6,9 +6,15 @@
 //! task has no parent and starts a new trace. The fix is to create the span here, in the
 //! caller's context, and attach it with `.instrument(span)`: the span's parent is fixed
 //! at creation, and the task enters it every time it is polled.
+//!
+//! Each step also honours the faults a request's baggage asks for (`demo.fault=stock_out`,
+//! `demo.delay.reserve_stock=300ms`, …, with `FAULT_INJECTION=baggage`): read inside the
+//! step's own span, which is how the baggage sent to the gateway, three hops back, reaches
+//! a spawned task here.
 
 use std::time::Duration;
 
+use faults::{FaultInjection, Step};
 use proto::order::v1::OrderCreated;
 use telemetry::span::mark_error;
 use tokio::task::JoinSet;
@@ -25,10 +31,12 @@ pub enum Outcome {
     Failed(String),
 }
 
-pub async fn fulfil(event: &OrderCreated) -> Outcome {
+pub async fn fulfil(event: &OrderCreated, faults: FaultInjection) -> Outcome {
     let mut steps = JoinSet::new();
-    steps.spawn(reserve_stock(event.clone()).instrument(step_span("reserve stock", event)));
-    steps.spawn(charge_payment(event.clone()).instrument(step_span("charge payment", event)));
+    steps.spawn(reserve_stock(event.clone(), faults).instrument(step_span("reserve stock", event)));
+    steps.spawn(
+        charge_payment(event.clone(), faults).instrument(step_span("charge payment", event)),
+    );
 
     // Both steps run to completion (each span ends when its work does); the first
     // failure, in a stable order, is the order's reason.
@@ -47,16 +55,24 @@ pub async fn fulfil(event: &OrderCreated) -> Outcome {
     }
 }
 
-async fn reserve_stock(event: OrderCreated) -> Result<(), String> {
+async fn reserve_stock(event: OrderCreated, faults: FaultInjection) -> Result<(), String> {
+    let injected = faults.at(Step::ReserveStock);
+    injected.wait().await;
     // Stands in for a call to an inventory system.
     tokio::time::sleep(Duration::from_millis(10 + 5 * event.items.len() as u64)).await;
-    match event
+    let missing = event
         .items
         .iter()
         .find(|i| i.sku.starts_with(OUT_OF_STOCK_PREFIX))
-    {
-        Some(item) => {
-            let reason = format!("out of stock: {}", item.sku);
+        .map(|item| item.sku.clone())
+        .or_else(|| {
+            injected
+                .fault
+                .map(|fault| format!("asked for by baggage {}", fault.member()))
+        });
+    match missing {
+        Some(what) => {
+            let reason = format!("out of stock: {what}");
             tracing::warn!(%reason, "stock reservation failed");
             mark_error(&tracing::Span::current(), "out_of_stock", &reason);
             Err(reason)
@@ -68,13 +84,23 @@ async fn reserve_stock(event: OrderCreated) -> Result<(), String> {
     }
 }
 
-async fn charge_payment(event: OrderCreated) -> Result<(), String> {
+async fn charge_payment(event: OrderCreated, faults: FaultInjection) -> Result<(), String> {
+    let injected = faults.at(Step::ChargePayment);
+    injected.wait().await;
     // Stands in for a call to a payment provider.
     tokio::time::sleep(Duration::from_millis(25)).await;
     let units: i64 = event.items.iter().map(|i| i.quantity).sum();
-    if units > PAYMENT_LIMIT_UNITS {
-        let reason =
-            format!("payment declined: {units} units is over the {PAYMENT_LIMIT_UNITS}-unit limit");
+    let declined = if units > PAYMENT_LIMIT_UNITS {
+        Some(format!(
+            "{units} units is over the {PAYMENT_LIMIT_UNITS}-unit limit"
+        ))
+    } else {
+        injected
+            .fault
+            .map(|fault| format!("asked for by baggage {}", fault.member()))
+    };
+    if let Some(why) = declined {
+        let reason = format!("payment declined: {why}");
         tracing::warn!(%reason, "payment failed");
         mark_error(&tracing::Span::current(), "payment_declined", &reason);
         return Err(reason);
@@ -113,13 +139,17 @@ mod tests {
 
     #[tokio::test]
     async fn outcomes_follow_the_rules() {
-        assert_eq!(fulfil(&event(&[("SKU-1", 2)])).await, Outcome::Fulfilled);
+        let off = FaultInjection::Off;
         assert_eq!(
-            fulfil(&event(&[("SKU-1", 1), ("OOS-9", 1)])).await,
+            fulfil(&event(&[("SKU-1", 2)]), off).await,
+            Outcome::Fulfilled
+        );
+        assert_eq!(
+            fulfil(&event(&[("SKU-1", 1), ("OOS-9", 1)]), off).await,
             Outcome::Failed("out of stock: OOS-9".into())
         );
         assert!(matches!(
-            fulfil(&event(&[("SKU-1", 101)])).await,
+            fulfil(&event(&[("SKU-1", 101)]), off).await,
             Outcome::Failed(reason) if reason.starts_with("payment declined")
         ));
     }

@@ -3,6 +3,7 @@
 //! (CLIENT span per try), and dead-letter the record if it can never be handled (PRODUCER
 //! span `send orders.dlq`). Failures are classified and retried by `failure.rs`.
 
+use faults::FaultInjection;
 use proto::order::v1::OrderCreated;
 use rdkafka::message::{Message, OwnedMessage};
 use telemetry::propagation::kafka::KafkaClient;
@@ -23,6 +24,7 @@ pub struct Processor {
     pub reporter: Reporter,
     pub dead_letters: DeadLetters,
     pub retry: RetryPolicy,
+    pub faults: FaultInjection,
 }
 
 impl Processor {
@@ -55,7 +57,7 @@ impl Processor {
     async fn process(&self, record: &OwnedMessage, stop: &CancellationToken) -> Result<(), GaveUp> {
         let event = OrderCreated::from_payload(record.payload().unwrap_or_default())
             .map_err(|error| GaveUp::Permanent(Failure::from(error)))?;
-        let outcome = fulfilment::fulfil(&event).await;
+        let outcome = fulfilment::fulfil(&event, self.faults).await;
         retry(&self.retry, stop, "reporting the outcome", || {
             self.reporter.complete(&event.order_id, &outcome)
         })

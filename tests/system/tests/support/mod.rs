@@ -53,6 +53,18 @@ pub struct Stack {
 
 impl Stack {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Like [`Stack::start`], with `settings` in every service's environment (for
+    /// example `FAULT_INJECTION=baggage`, `INBOUND_TRACE_CONTEXT=restart`).
+    pub fn start_with(settings: &[(&str, &str)]) -> Self {
+        let source = |key: &str| {
+            settings
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| (*v).to_owned())
+        };
         let kafka = MockCluster::new(1).expect("mock Kafka cluster");
         kafka.create_topic(TOPIC, 3, 1).expect("topic");
         let bootstrap = kafka.bootstrap_servers();
@@ -61,7 +73,9 @@ impl Stack {
         std::fs::create_dir_all(&data_dir).expect("data dir");
 
         let mut order_service = Service::new("order-service");
-        let config = order_service_config(&bootstrap, &data_dir, "127.0.0.1:0".parse().unwrap());
+        let mut config =
+            order_service_config(&bootstrap, &data_dir, "127.0.0.1:0".parse().unwrap());
+        config.fault_injection = faults::FaultInjection::from_env(&source).unwrap();
         let app = order_service
             .runtime
             .block_on(order_service::Application::build(config))
@@ -75,7 +89,7 @@ impl Stack {
 
         let mut worker = Service::new("worker");
         // The defaults, then what this stack needs (new settings need no change here).
-        let mut config = worker::Config::from_env(&|_: &str| None).unwrap();
+        let mut config = worker::Config::from_env(&source).unwrap();
         config.bootstrap_servers = bootstrap;
         config.topic = TOPIC.into();
         config.group_id = GROUP.into();
@@ -99,7 +113,7 @@ impl Stack {
             order_service: proto::client::ClientConfig::for_url(format!(
                 "http://{order_service_addr}"
             )),
-            ..gateway::Config::from_env(&|_: &str| None).unwrap()
+            ..gateway::Config::from_env(&source).unwrap()
         };
         let app = gateway
             .runtime
@@ -169,6 +183,7 @@ pub fn order_service_config(
             reconcile_after: Duration::from_secs(60),
             max_republish: 3,
         },
+        fault_injection: faults::FaultInjection::Off,
     }
 }
 

@@ -53,17 +53,21 @@ pub struct ServiceProcess {
     log: PathBuf,
 }
 
+/// The binaries `cargo build` made: SERVICE_BIN_DIR, else the target directory's debug/.
+pub fn bin_dir() -> PathBuf {
+    std::env::var("SERVICE_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::env::var("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
+                .join("debug")
+        })
+}
+
 impl ServiceProcess {
     pub fn start(name: &'static str, dir: &Path, env: &[(&str, String)]) -> Self {
-        // The binaries `cargo build` made: SERVICE_BIN_DIR, else the target directory's debug/.
-        let bin_dir = std::env::var("SERVICE_BIN_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| {
-                std::env::var("CARGO_TARGET_DIR")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
-                    .join("debug")
-            });
+        let bin_dir = bin_dir();
         let log = dir.join(format!("{name}.log"));
         let child = Command::new(bin_dir.join(name))
             // Only what a container would get: the environment below.
@@ -213,6 +217,17 @@ pub struct Services {
 impl Services {
     /// Starts them and returns once each answers `/health/ready`.
     pub fn start(stack: &StackEnv, name: &str, runtime: &tokio::runtime::Runtime) -> Self {
+        Self::start_with(stack, name, runtime, &[])
+    }
+
+    /// Like [`Services::start`], with `settings` added to each service's environment
+    /// (for example `FAULT_INJECTION=baggage`).
+    pub fn start_with(
+        stack: &StackEnv,
+        name: &str,
+        runtime: &tokio::runtime::Runtime,
+        settings: &[(&'static str, &str)],
+    ) -> Self {
         let dir = std::env::temp_dir().join(format!("{name}-{}", unique()));
         std::fs::create_dir_all(&dir).unwrap();
         let run = unique() % 1_000_000_000;
@@ -263,6 +278,9 @@ impl Services {
             ("ORDER_SERVICE_URL", format!("http://{orders_addr}")),
         ]);
 
+        for env in [&mut order_env, &mut worker_env, &mut gateway_env] {
+            env.extend(settings.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        }
         let order_service = ServiceProcess::start("order-service", &dir, &order_env);
         let worker = ServiceProcess::start("worker", &dir, &worker_env);
         let gateway = ServiceProcess::start("gateway", &dir, &gateway_env);
@@ -335,4 +353,32 @@ pub async fn fetch_trace(http: &reqwest::Client, jaeger: &str, trace_id: &str) -
         return Vec::new();
     }
     parse(&response.json().await.unwrap())
+}
+
+/// The spans of `trace_id` once Jaeger has at least `count` of them; panics after
+/// [`WAIT`] saying what is there.
+pub fn wait_for_spans(
+    runtime: &tokio::runtime::Runtime,
+    http: &reqwest::Client,
+    jaeger: &str,
+    trace_id: &str,
+    count: usize,
+) -> Vec<StoredSpan> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let spans = runtime.block_on(fetch_trace(http, jaeger, trace_id));
+        if spans.len() >= count {
+            return spans;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "trace {trace_id} has {} of {count} spans in Jaeger after {WAIT:?}: {:?}",
+            spans.len(),
+            spans
+                .iter()
+                .map(|s| (&s.service, &s.name))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

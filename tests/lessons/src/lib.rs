@@ -1,0 +1,1 @@
+//! Tests only: one file per lesson in `tests/`, the pages in `docs/lessons/`.
