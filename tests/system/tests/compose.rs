@@ -1,6 +1,6 @@
 //! docker-compose.yml, checked without a Docker engine: the properties the learning
 //! stack promises (pinned images, healthchecks, start order, loopback-only ports, memory
-//! limits, non-root read-only services, no capabilities and no privilege gain anywhere,
+//! limits within 1.9 GiB in all, non-root read-only services, no capabilities and no privilege gain anywhere,
 //! Kafka's data on a named volume, a stop grace period longer than the services'
 //! shutdown deadline), and that every variable it sets for our services is one they
 //! actually read, with addresses that match the compose services.
@@ -128,8 +128,9 @@ fn tag(image: &str) -> &str {
     image.rsplit_once(':').map_or("", |(_, tag)| tag)
 }
 
+/// `1.2.3`, or `v1.2.3` (Prometheus tags its images so).
 fn is_exact_version(tag: &str) -> bool {
-    let parts: Vec<&str> = tag.split('.').collect();
+    let parts: Vec<&str> = tag.strip_prefix('v').unwrap_or(tag).split('.').collect();
     parts.len() == 3
         && parts
             .iter()
@@ -182,6 +183,16 @@ fn images_are_pinned_and_match_the_native_stack() {
     // Jaeger v2 releases are tagged v1.x on the Go module path: v1.76.0 is v2.13.0.
     assert_eq!(stack_version("JAEGER_MODULE_VERSION"), "v1.76.0");
     assert_eq!(upstream["jaegertracing/jaeger"], "2.13.0");
+    // Prometheus 3.x is tagged v0.3xx.y on the Go module path: v0.316.0 is v3.16.0.
+    let prometheus = stack_version("PROMETHEUS_VERSION");
+    assert_eq!(upstream["prom/prometheus"], format!("v{prometheus}"));
+    let (major, rest) = prometheus.split_once('.').unwrap();
+    let (minor, patch) = rest.split_once('.').unwrap();
+    assert_eq!(major, "3");
+    assert_eq!(
+        stack_version("PROMETHEUS_MODULE_VERSION"),
+        format!("v0.{}.{patch}", 300 + minor.parse::<u32>().unwrap())
+    );
 }
 
 #[test]
@@ -230,6 +241,9 @@ fn every_service_has_a_healthcheck_and_starts_after_healthy_dependencies() {
         depends("gateway").is_superset(&["order-service".into(), "otel-collector".into()].into())
     );
     assert!(depends("otel-collector").contains("jaeger"));
+    // The Collector pushes metrics to Prometheus; Jaeger's Monitor tab reads them there.
+    assert!(depends("otel-collector").contains("prometheus"));
+    assert!(depends("jaeger").contains("prometheus"));
 }
 
 #[test]
@@ -247,12 +261,106 @@ fn published_ports_listen_on_loopback_only() {
         }
     }
     assert!(
-        published.contains_key("gateway") && published.contains_key("jaeger"),
+        ["gateway", "jaeger", "prometheus"]
+            .iter()
+            .all(|name| published.contains_key(*name)),
         "{published:?}"
     );
     assert!(
         !published.contains_key("kafka"),
         "Kafka is not for the host"
+    );
+}
+
+/// `768M`, `1G` in MiB.
+fn mebibytes(limit: &str) -> u64 {
+    let (number, unit) = limit.split_at(limit.len() - 1);
+    let number: u64 = number.parse().unwrap();
+    match unit {
+        "M" => number,
+        "G" => number * 1024,
+        other => panic!("unexpected unit {other:?} in {limit:?}"),
+    }
+}
+
+#[test]
+fn memory_limits_add_up_to_at_most_1_9_gib() {
+    let services = services(&compose());
+    let limits: BTreeMap<&String, u64> = services
+        .iter()
+        .map(|(name, service)| {
+            let limit = text(&service["deploy"]["resources"]["limits"]["memory"]);
+            (name, mebibytes(&limit))
+        })
+        .collect();
+    let total: u64 = limits.values().sum();
+    // 1.9 GiB = 1945.6 MiB: what the stack promises a laptop.
+    assert!(total * 10 <= 19 * 1024, "{total} MiB in all: {limits:?}");
+}
+
+#[test]
+fn prometheus_runs_as_the_native_stack_runs_it() {
+    let services = services(&compose());
+    let prometheus = &services["prometheus"];
+    let command: Vec<String> = prometheus["command"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(text)
+        .collect();
+    let stack = repo_file("scripts/stack");
+    // What the Collector and Jaeger rely on: the OTLP push endpoint, exemplars.
+    for flag in [
+        "--web.enable-otlp-receiver",
+        "--enable-feature=exemplar-storage",
+    ] {
+        assert!(command.iter().any(|c| c == flag), "compose lacks {flag}");
+        assert!(stack.contains(flag), "scripts/stack lacks {flag}");
+    }
+    let config = command
+        .iter()
+        .find_map(|c| c.strip_prefix("--config.file="))
+        .unwrap();
+    assert!(
+        format!("{:?}", prometheus["volumes"]).contains(&format!("./prometheus.yml:{config}:ro")),
+        "compose mounts the prometheus.yml that scripts/stack loads"
+    );
+    assert!(stack.contains(r#"--config.file="$ROOT/prometheus.yml""#));
+    // Its data outlives the container, on a named volume at --storage.tsdb.path.
+    let data = command
+        .iter()
+        .find_map(|c| c.strip_prefix("--storage.tsdb.path="))
+        .unwrap();
+    assert!(
+        prometheus["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|v| text(v) == format!("prometheus-data:{data}"))
+    );
+    assert_eq!(
+        prometheus["read_only"].as_bool(),
+        Some(true),
+        "read-only root filesystem"
+    );
+    // The healthcheck asks Prometheus itself, on the port it listens on.
+    let probe = text(
+        prometheus["healthcheck"]["test"]
+            .as_sequence()
+            .unwrap()
+            .last()
+            .unwrap(),
+    );
+    assert_eq!(probe, "http://127.0.0.1:9090/-/ready");
+    let published = text(&prometheus["ports"][0]);
+    assert!(published.ends_with(":9090"), "{published}");
+    // The Collector pushes to, and Jaeger reads from, this service at that port.
+    assert!(
+        repo_file("otel-collector.yaml")
+            .contains("${env:PROMETHEUS_OTLP_ENDPOINT:-http://prometheus:9090/api/v1/otlp}")
+    );
+    assert!(
+        repo_file("jaeger.yaml").contains("${env:PROMETHEUS_ENDPOINT:-http://prometheus:9090}")
     );
 }
 
