@@ -62,7 +62,13 @@ pub fn settings(config: &Config) -> ClientConfig {
         // A partition resumed after backpressure joins the next fetch request; the broker
         // holds a fetch for idle partitions up to this long (librdkafka's default is
         // 500 ms, which stalled a busy partition each time it was resumed).
-        .set("fetch.wait.max.ms", "100");
+        .set("fetch.wait.max.ms", "100")
+        // How long the group waits for a worker that vanished (SIGKILL, a lost node)
+        // before handing its partitions to the others. librdkafka's 45 s held a killed
+        // worker's orders for 41–48 s in the drills; 10 s is well above a heartbeat's
+        // worst gap (every 3 s) and the broker's minimum (6 s).
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "3000");
     settings
 }
 
