@@ -62,9 +62,12 @@ def record(args):
     # An outcome reported more than once for one order: the record was handled again
     # (redelivered after a worker died before committing, or republished) or the call
     # retried. Counted on the order-service's side, whose spans survive a worker's SIGKILL.
+    # Only the load's orders: a poison record's unknown order is re-checked by design.
+    load_traces = {span["trace"] for span in spans.values() if f"-{drill}-loadgen-" in span["instance"]}
     completes = defaultdict(int)
     for span in spans.values():
-        if span["name"] == "order.v1.OrderService/CompleteOrder" and f"-{drill}-order-service-" in span["instance"]:
+        if (span["name"] == "order.v1.OrderService/CompleteOrder" and f"-{drill}-order-service-" in span["instance"]
+                and span["trace"] in load_traces):
             completes[span["trace"]] += 1
     redeliveries = sum(n - 1 for n in completes.values() if n > 1)
     peak_rss = {}
@@ -103,8 +106,8 @@ def record(args):
         "collector": {"accepted": accepted, "refused": refused, "sent": sent, "send_failed": send_failed},
         "jaeger_stored": len(spans),
         "peak_rss_kib": peak_rss,
-        "stops": stops.strip(),
-        "sigterms": sigterms.strip(),
+        "stops": stops.strip(" ,"),
+        "sigterms": sigterms.strip(" ,"),
     }))
 
 
@@ -170,7 +173,7 @@ def line(r):
             f"dead letters {r['dead_letters']}, POST errors {statuses(r['post_errors'])} "
             f"(retried {r['retries']}, gave up {r['gave_up']}), spans {recorded} / {accepted} / {stored}"
             + (f" ({'; '.join(names)})" if names else "")
-            + (f", {r['sigterms']}" if r["sigterms"] else ""))
+            + (f"; SIGTERM (exit status/time to exit): {r['sigterms']}" if r["sigterms"] else ""))
 
 
 def table(records, rate, fault_seconds):
@@ -197,6 +200,13 @@ def verdict(records):
             bad.append(f"{r['drill']}: {r['accepted']} accepted but {r['stored']} stored")
         if r["poison_sent"] and r["dead_letters"] != r["poison_sent"]:
             bad.append(f"{r['drill']}: {r['poison_sent']} poison records sent, {r['dead_letters']} dead-lettered")
+        for part in filter(None, (p.strip() for p in r["sigterms"].split(","))):
+            name, result = part.rsplit(" ", 1)
+            if not result.startswith("0/"):
+                bad.append(f"{r['drill']}: {name} exited {result} after SIGTERM (expected 0 within its deadline)")
+        for life, figures in r["lives"].items():
+            if figures is not None and not figures["flushed"]:
+                bad.append(f"{r['drill']}: {life} did not flush its spans at shutdown")
         if unexplained:
             bad.append(f"{r['drill']}: {unexplained} spans unaccounted for")
     for b in bad:

