@@ -152,7 +152,7 @@ def span_account(r):
     g_stored = c["sent"] - r["jaeger_stored"]
     if g_stored:
         if drill == "jaeger-kill" and g_stored > 0:
-            names.append(f"{g_stored} stored by Jaeger after the last count before its SIGKILL, lost with its in-memory store")
+            names.append(f"{g_stored} sent to Jaeger and lost when it was SIGKILLed (in its own batch, or stored after the last count before the kill: its store is in memory)")
         elif g_stored < 0 and killed:
             pass  # the killed lives' stored spans were counted on both sides
         else:
