@@ -4,15 +4,19 @@
 //! to `OTEL_BSP_SCHEDULE_DELAY` worth of spans, so a service that exits without calling
 //! `shutdown` loses its last spans, usually the most interesting ones.
 
+use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 
-use crate::span_count::SpanCounter;
+use crate::span_count::SpanCounts;
 
 #[derive(Debug)]
 #[must_use = "dropping the guard at once shuts telemetry down; keep it until exit"]
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,
-    span_counter: SpanCounter,
+    meters: Option<SdkMeterProvider>,
+    span_counts: SpanCounts,
+    /// Whether spans go to OTLP (else none is exported, by design, and none dropped).
+    exporting: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -20,10 +24,17 @@ pub struct TelemetryGuard {
 pub struct ShutdownError(String);
 
 impl TelemetryGuard {
-    pub(crate) fn new(provider: SdkTracerProvider, span_counter: SpanCounter) -> Self {
+    pub(crate) fn new(
+        provider: SdkTracerProvider,
+        meters: Option<SdkMeterProvider>,
+        span_counts: SpanCounts,
+        exporting: bool,
+    ) -> Self {
         Self {
             provider: Some(provider),
-            span_counter,
+            meters,
+            span_counts,
+            exporting,
         }
     }
 
@@ -40,13 +51,24 @@ impl TelemetryGuard {
             .await
             .map_err(|e| ShutdownError(format!("flush task failed: {e}")))?
             .map_err(|e| ShutdownError(e.to_string()));
-        // The end-to-end test reads `spans_recorded` to prove no span was lost on the
-        // way to Jaeger. (The log layer still works; only span export has stopped.)
+        // The end-to-end test and the fault drills read these to account for every span
+        // on the way to Jaeger: recorded = exported + dropped once the flush is done
+        // (dropped: the queue was full, the export failed after its retries
+        // (`spans_export_failed`), or the flush ran out of time). The log layer still
+        // works; only span export has stopped.
+        let spans = self.span_counts.figures(self.exporting);
         tracing::info!(
-            spans_recorded = self.span_counter.get(),
+            spans_recorded = spans.recorded,
+            spans_exported = spans.exported,
+            spans_dropped = spans.dropped,
+            spans_export_failed = spans.export_failed,
             flushed = result.is_ok(),
             "telemetry shut down"
         );
+        // The last metrics, the span counts above included, after the traces.
+        if let Some(meters) = self.meters.take() {
+            let _ = tokio::task::spawn_blocking(move || meters.shutdown()).await;
+        }
         result
     }
 }
@@ -59,6 +81,9 @@ impl Drop for TelemetryGuard {
             && let Err(e) = provider.shutdown()
         {
             eprintln!("telemetry shutdown on drop: {e}");
+        }
+        if let Some(meters) = self.meters.take() {
+            let _ = meters.shutdown();
         }
     }
 }

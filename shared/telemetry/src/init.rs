@@ -18,11 +18,13 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{Exporter, OtlpProtocol, SamplerConfig, TelemetryConfig};
+use crate::export_retry::Retrying;
 use crate::guard::TelemetryGuard;
 use crate::limits::Truncating;
 use crate::log_format::LineWithTraceIds;
+use crate::metrics::meter_provider;
 use crate::propagation::w3c::{BaggagePropagator, TraceContextPropagator};
-use crate::span_count::SpanCounter;
+use crate::span_count::{CountingExporter, SpanCounter, SpanCounts};
 
 /// Spans from the libraries that carry the exporter's own traffic. Without this filter
 /// every export makes new spans, which are exported in turn: the exporter traces itself.
@@ -61,8 +63,14 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, InitError> {
     global::set_text_map_propagator(propagator());
     crate::semconv::set_rpc(config.rpc_conventions);
 
-    let span_counter = SpanCounter::default();
-    let provider = tracer_provider(config, span_counter.clone())?;
+    // Metrics first: the tracer provider's parts (the SDK's batch processor, our span
+    // counters) take their instruments from the global meter provider when built.
+    let meters = meter_provider(config)?;
+    if let Some(meters) = &meters {
+        global::set_meter_provider(meters.clone());
+    }
+    let span_counts = SpanCounts::default();
+    let provider = tracer_provider(config, &span_counts)?;
     global::set_tracer_provider(provider.clone());
     let tracer = provider.tracer(config.service_name.clone());
 
@@ -79,7 +87,13 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, InitError> {
         .try_init()
         .map_err(InitError::AlreadyInitialised)?;
 
-    Ok(TelemetryGuard::new(provider, span_counter))
+    let exporting = config.exporters.contains(&Exporter::Otlp);
+    Ok(TelemetryGuard::new(
+        provider,
+        meters,
+        span_counts,
+        exporting,
+    ))
 }
 
 /// W3C `traceparent`/`tracestate` plus W3C `baggage`: this crate's strict implementations
@@ -146,15 +160,20 @@ pub(crate) fn sampler(config: SamplerConfig) -> Sampler {
     }
 }
 
+/// The meter this crate's own instruments come from (the SDK names its own `otel.sdk`).
+fn self_meter() -> opentelemetry::metrics::Meter {
+    global::meter("telemetry")
+}
+
 fn tracer_provider(
     config: &TelemetryConfig,
-    span_counter: SpanCounter,
+    span_counts: &SpanCounts,
 ) -> Result<SdkTracerProvider, InitError> {
     let mut builder = SdkTracerProvider::builder()
         .with_resource(resource(config))
         .with_sampler(sampler(config.sampler))
         .with_span_limits(config.limits.span_limits())
-        .with_span_processor(span_counter);
+        .with_span_processor(SpanCounter::new(span_counts.clone(), &self_meter()));
     for exporter in &config.exporters {
         builder = match exporter {
             // Console output is for a person watching: print each span as it ends.
@@ -162,28 +181,43 @@ fn tracer_provider(
                 opentelemetry_stdout::SpanExporter::default(),
                 &config.limits,
             )),
-            Exporter::Otlp => builder.with_span_processor(otlp_batch_processor(config)?),
+            Exporter::Otlp => {
+                builder.with_span_processor(otlp_batch_processor(config, span_counts)?)
+            }
         };
     }
     Ok(builder.build())
 }
 
-fn otlp_batch_processor(config: &TelemetryConfig) -> Result<BatchSpanProcessor, InitError> {
+fn otlp_batch_processor(
+    config: &TelemetryConfig,
+    span_counts: &SpanCounts,
+) -> Result<BatchSpanProcessor, InitError> {
+    use opentelemetry_otlp::{RetryPolicy, WithHttpConfig, WithTonicConfig};
     let otlp = &config.otlp;
-    let exporter = match otlp.protocol {
-        OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(otlp.endpoint.clone())
-            .with_timeout(otlp.timeout)
-            .build(),
-        OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_endpoint(otlp.endpoint.clone())
-            .with_timeout(otlp.timeout)
-            .build(),
-    }
-    .map_err(|source| InitError::Exporter {
+    // Retries are `Retrying`'s job (bounded by time, not attempts): the exporter tries once.
+    let (exporter, component_type) = match otlp.protocol {
+        OtlpProtocol::Grpc => (
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(otlp.endpoint.clone())
+                .with_timeout(otlp.timeout)
+                .with_retry_policy(RetryPolicy::disabled())
+                .build(),
+            "otlp_grpc_span_exporter",
+        ),
+        OtlpProtocol::HttpProtobuf => (
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(otlp.endpoint.clone())
+                .with_timeout(otlp.timeout)
+                .with_retry_policy(RetryPolicy::disabled())
+                .build(),
+            "otlp_http_span_exporter",
+        ),
+    };
+    let exporter = exporter.map_err(|source| InitError::Exporter {
         endpoint: otlp.endpoint.clone(),
         source,
     })?;
@@ -193,9 +227,14 @@ fn otlp_batch_processor(config: &TelemetryConfig) -> Result<BatchSpanProcessor, 
         .with_max_export_batch_size(config.batch.max_export_batch_size)
         .with_scheduled_delay(config.batch.scheduled_delay)
         .build();
-    Ok(
-        BatchSpanProcessor::builder(Truncating::new(exporter, &config.limits))
-            .with_batch_config(batch)
-            .build(),
-    )
+    // Counted once a batch's export has finished, retries included.
+    let exporter = CountingExporter::new(
+        Retrying::new(Truncating::new(exporter, &config.limits), otlp.retry_for),
+        span_counts.clone(),
+        &self_meter(),
+        component_type,
+    );
+    Ok(BatchSpanProcessor::builder(exporter)
+        .with_batch_config(batch)
+        .build())
 }

@@ -25,10 +25,12 @@
 //! - `testing.rs` (feature `testing`): in-memory span capture.
 
 mod config;
+mod export_retry;
 mod guard;
 mod init;
 mod limits;
 mod log_format;
+mod metrics;
 pub mod propagation;
 mod semconv;
 pub mod span;
@@ -37,7 +39,8 @@ mod span_count;
 pub mod testing;
 
 pub use config::{
-    BatchSettings, Exporter, OtlpConfig, OtlpProtocol, SamplerConfig, TelemetryConfig,
+    BatchSettings, Exporter, MetricsConfig, MetricsExporter, OtlpConfig, OtlpProtocol,
+    SamplerConfig, TelemetryConfig,
 };
 pub use guard::{ShutdownError, TelemetryGuard};
 pub use init::{InitError, init};

@@ -97,6 +97,13 @@ pub struct Args {
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub poll_connections: Option<u32>,
 
+    /// Send each POST with an `Idempotency-Key` of its own and, after no answer, a 502,
+    /// 503 or 504, send it again with the same key and body, up to N more times (backoff
+    /// from 250 ms, doubled, at most 4 s): what a careful client does. The order-service
+    /// must then create one order per key, however often a request was sent.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub idempotent_retries: Option<u32>,
+
     /// Give up on one request after this long.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub timeout: Duration,

@@ -134,6 +134,17 @@ pub struct Summary {
     pub processes: Vec<ProcessFigures>,
     /// 201 answers without a readable order id (neither read again nor tracked).
     pub unreadable_bodies: u64,
+    /// `--idempotent-retries`: how often a POST was sent again with its key.
+    pub idempotent: Option<Idempotent>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Idempotent {
+    pub max_retries: u32,
+    /// Attempts after the first (each also counted in the POST row).
+    pub retries: u64,
+    /// POSTs still unanswered (or 502/503/504) after the last retry.
+    pub gave_up: u64,
 }
 
 /// `3.21`, `45.6`, `789`: three significant figures or so, as HDR keeps them.
@@ -254,6 +265,13 @@ pub fn render(summary: &Summary) -> String {
             ms(open.max_send_delay_ms),
             open.overflow,
             open.max_in_flight,
+        );
+    }
+    if let Some(idempotent) = &summary.idempotent {
+        let _ = writeln!(
+            out,
+            "\nIdempotency-Key on every POST: {} sent again (at most {} each), {} given up.",
+            idempotent.retries, idempotent.max_retries, idempotent.gave_up
         );
     }
     if summary.unreadable_bodies > 0 {
@@ -451,6 +469,7 @@ mod tests {
                 peak_rss_kib: Some(12288),
             }],
             unreadable_bodies: 0,
+            idempotent: None,
         }
     }
 

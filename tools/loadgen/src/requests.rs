@@ -62,18 +62,25 @@ impl Client {
         self.traced
     }
 
-    /// `POST /api/orders` with a JSON body.
-    pub async fn create(&self, body: String) -> Reply {
-        self.send(Method::POST, "/api/orders", Some(body)).await
+    /// `POST /api/orders` with a JSON body, and an `Idempotency-Key` when one is given.
+    pub async fn create(&self, body: String, idempotency_key: Option<&str>) -> Reply {
+        self.send(Method::POST, "/api/orders", Some(body), idempotency_key)
+            .await
     }
 
     /// `GET /api/orders/{id}`.
     pub async fn get_order(&self, order_id: &str) -> Reply {
-        self.send(Method::GET, &format!("/api/orders/{order_id}"), None)
+        self.send(Method::GET, &format!("/api/orders/{order_id}"), None, None)
             .await
     }
 
-    async fn send(&self, method: Method, path: &str, body: Option<String>) -> Reply {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+        idempotency_key: Option<&str>,
+    ) -> Reply {
         let url = self.target.url(path);
         let span = match self.traced.then(|| url.parse::<http::Uri>()) {
             Some(Ok(uri)) => client_span(&method, &uri),
@@ -84,6 +91,9 @@ impl Client {
             // `traceparent` (and `tracestate`, `baggage`): the gateway continues this
             // span's trace.
             inject_headers(&span, &mut headers);
+        }
+        if let Some(key) = idempotency_key.and_then(|key| HeaderValue::from_str(key).ok()) {
+            headers.insert("idempotency-key", key);
         }
         let mut request = self.http.request(method, url).headers(headers);
         if let Some(body) = body {

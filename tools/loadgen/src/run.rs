@@ -13,7 +13,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::cli::{Args, Load};
 use crate::mix::{Mix, Plan};
-use crate::report::{OpenLoop, Orders, Percentiles, ProcessFigures, RequestRow, Summary};
+use crate::report::{
+    Idempotent, OpenLoop, Orders, Percentiles, ProcessFigures, RequestRow, Summary,
+};
 use crate::requests::Client;
 use crate::schedule::Timetable;
 use crate::stats::{Kind, Outcome, Stats};
@@ -26,6 +28,9 @@ struct Shared {
     stats: Arc<Stats>,
     mix: Mix,
     tracker: Option<Inbox>,
+    /// `--idempotent-retries`: each POST carries a key of its own and is sent again this
+    /// many times at most.
+    idempotent_retries: Option<u32>,
 }
 
 /// The body of a 201.
@@ -59,6 +64,7 @@ pub async fn run(args: &Args, traced: bool, cancel: CancellationToken) -> anyhow
         stats: stats.clone(),
         mix: Mix::new(args.read_ratio, args.fail_ratio),
         tracker: inbox,
+        idempotent_retries: args.idempotent_retries,
     });
 
     // `--cpu-of`: a process that cannot be read now is a mistake in the flags.
@@ -262,10 +268,7 @@ async fn execute(shared: &Shared, plan: Plan, since: Instant) {
     live.in_flight.fetch_add(1, Ordering::Relaxed);
     match plan {
         Plan::Create { body, expected } => {
-            let reply = shared.client.create(body).await;
-            shared
-                .stats
-                .record(Kind::Create, reply.outcome, since.elapsed());
+            let reply = create(shared, body, since).await;
             if reply.outcome == Outcome::Status(201) {
                 match serde_json::from_slice::<CreatedBody>(&reply.body) {
                     Ok(created) => {
@@ -292,6 +295,46 @@ async fn execute(shared: &Shared, plan: Plan, since: Instant) {
     }
     live.in_flight.fetch_sub(1, Ordering::Relaxed);
 }
+
+/// `POST /api/orders`, every attempt recorded; with `--idempotent-retries`, sent again
+/// with the same key and body after no answer, a 502, 503 or 504, until answered otherwise
+/// or the retries are spent. Returns the last answer.
+async fn create(shared: &Shared, body: String, since: Instant) -> crate::requests::Reply {
+    let Some(retries) = shared.idempotent_retries else {
+        let reply = shared.client.create(body, None).await;
+        shared
+            .stats
+            .record(Kind::Create, reply.outcome, since.elapsed());
+        return reply;
+    };
+    let key = uuid::Uuid::new_v4().to_string();
+    let mut backoff = RETRY_FIRST_BACKOFF;
+    let mut attempt = 0;
+    loop {
+        let reply = shared.client.create(body.clone(), Some(&key)).await;
+        shared
+            .stats
+            .record(Kind::Create, reply.outcome, since.elapsed());
+        let retryable = matches!(
+            reply.outcome,
+            Outcome::Transport(_) | Outcome::Status(502..=504)
+        );
+        if !retryable {
+            return reply;
+        }
+        if attempt == retries {
+            shared.stats.live.gave_up.fetch_add(1, Ordering::Relaxed);
+            return reply;
+        }
+        attempt += 1;
+        shared.stats.live.retries.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(RETRY_MAX_BACKOFF);
+    }
+}
+
+const RETRY_FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const RETRY_MAX_BACKOFF: Duration = Duration::from_secs(4);
 
 /// One line a second on stderr: rates over the last second, errors, what is in flight.
 async fn progress(
@@ -457,5 +500,10 @@ fn summarise(inputs: SummaryInputs<'_>) -> Summary {
         polls_during_load: inputs.polls_during_load,
         processes,
         unreadable_bodies: stats.unreadable(),
+        idempotent: args.idempotent_retries.map(|max_retries| Idempotent {
+            max_retries,
+            retries: stats.live.retries.load(Ordering::Relaxed),
+            gave_up: stats.live.gave_up.load(Ordering::Relaxed),
+        }),
     }
 }

@@ -86,6 +86,9 @@ pub struct Live {
     /// `--track-orders`: orders seen final, and orders still pending.
     pub finals: AtomicU64,
     pub pending_orders: AtomicI64,
+    /// `--idempotent-retries`: POSTs sent again, and POSTs given up after the last retry.
+    pub retries: AtomicU64,
+    pub gave_up: AtomicU64,
 }
 
 #[derive(Debug)]
