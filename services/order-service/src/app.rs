@@ -14,6 +14,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::config::Config;
 use crate::events::{self, EventPublisher};
 use crate::health;
+use crate::metrics::OrderMetrics;
 use crate::orders::OrderApi;
 use crate::outbox::{Outbox, Relay};
 use crate::store::Store;
@@ -92,7 +93,13 @@ impl Application {
         tasks.close();
 
         tracing::info!(addr = %self.listener.local_addr()?, "order-service listening");
-        let api = OrderApi::new(self.store.clone(), outbox, self.config.fault_injection);
+        let metrics = OrderMetrics::new(outbox.backlog());
+        let api = OrderApi::new(
+            self.store.clone(),
+            outbox,
+            self.config.fault_injection,
+            metrics,
+        );
         tonic::transport::Server::builder()
             // Extracts `traceparent` from the metadata and makes the SERVER span.
             .layer(GrpcServerLayer)

@@ -16,6 +16,7 @@
 //! - `outbox.rs`: the transactional outbox: entry, relay, marking, reconciliation.
 //! - `events.rs`: the Kafka producer and topic.
 //! - `health.rs`: readiness over the gRPC health service and HTTP.
+//! - `metrics.rs`: orders created and completed, the outbox backlog.
 
 mod app;
 pub mod config;
@@ -23,6 +24,7 @@ mod db;
 mod events;
 mod health;
 mod idempotency;
+mod metrics;
 mod orders;
 pub mod outbox;
 mod store;

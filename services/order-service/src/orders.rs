@@ -12,6 +12,7 @@ use proto::validation::validate_new_order;
 use tonic::{Request, Response, Status};
 
 use crate::idempotency::Claim;
+use crate::metrics::OrderMetrics;
 use crate::outbox::{NewEntry, Outbox};
 use crate::store::{Created, Store, StoreError};
 
@@ -23,14 +24,21 @@ pub struct OrderApi {
     store: Store,
     outbox: Outbox,
     faults: FaultInjection,
+    metrics: OrderMetrics,
 }
 
 impl OrderApi {
-    pub fn new(store: Store, outbox: Outbox, faults: FaultInjection) -> Self {
+    pub fn new(
+        store: Store,
+        outbox: Outbox,
+        faults: FaultInjection,
+        metrics: OrderMetrics,
+    ) -> Self {
         Self {
             store,
             outbox,
             faults,
+            metrics,
         }
     }
 }
@@ -78,6 +86,7 @@ impl OrderService for OrderApi {
         let response = match created {
             Created::New => {
                 self.outbox.wake();
+                self.metrics.created();
                 tracing::info!(order_id = %order.order_id, "order created");
                 CreateOrderResponse {
                     order_id: order.order_id,
@@ -130,11 +139,15 @@ impl OrderService for OrderApi {
                 ));
             }
         };
-        let order = self
+        let (order, changed) = self
             .store
             .complete(id, status, reason)
             .await
             .map_err(storage_error)?;
+        if changed {
+            // Once per order: a redelivered event completes it again as a no-op.
+            self.metrics.completed(order.status());
+        }
         tracing::info!(order_id = %order.order_id, status = order.status().as_str_name(), "order completed");
         Ok(Response::new(order))
     }

@@ -18,6 +18,7 @@
 //!    others.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use futures_util::future::join_all;
@@ -111,9 +112,16 @@ const BATCH: usize = 256;
 #[derive(Debug, Clone, Default)]
 pub struct Outbox {
     wake: Arc<Notify>,
+    /// Entries waiting to be sent, as the relay last counted them (every poll interval).
+    backlog: Arc<AtomicI64>,
 }
 
 impl Outbox {
+    /// The backlog the relay keeps counting, for the `app.outbox.backlog` metric.
+    pub fn backlog(&self) -> Arc<AtomicI64> {
+        Arc::clone(&self.backlog)
+    }
+
     /// Call after the transaction that stored an entry has committed.
     pub fn wake(&self) {
         // A permit is kept if the relay is busy, so it runs another round.
@@ -154,7 +162,10 @@ impl Relay {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 () = self.outbox.wake.notified() => {}
-                _ = ticker.tick() => self.reconcile().await,
+                _ = ticker.tick() => {
+                    self.reconcile().await;
+                    self.count_backlog().await;
+                }
             }
             self.send_pending().await;
         }
@@ -296,6 +307,25 @@ impl Relay {
             Err(error) => {
                 tracing::error!(outbox_id = id, %error, "cannot quarantine an outbox entry")
             }
+        }
+    }
+
+    /// Counts the entries still to send, for the backlog metric (one untraced read per
+    /// poll interval).
+    async fn count_backlog(&self) {
+        let counted = self
+            .store
+            .read_untraced(|c| {
+                Ok(c.query_row(
+                    "SELECT COUNT(*) FROM outbox WHERE sent_at_ms IS NULL AND quarantined IS NULL",
+                    [],
+                    |row| row.get::<_, i64>(0),
+                )?)
+            })
+            .await;
+        match counted {
+            Ok(n) => self.outbox.backlog.store(n, Ordering::Relaxed),
+            Err(error) => tracing::warn!(%error, "cannot count the outbox backlog"),
         }
     }
 

@@ -182,14 +182,15 @@ impl Store {
         .await
     }
 
-    /// Sets the final status. Completing again with the same outcome is a no-op (the
-    /// worker may see an event twice); a different outcome is a conflict.
+    /// Sets the final status; `true` when this call changed it. Completing again with the
+    /// same outcome is a no-op (the worker may see an event twice); a different outcome
+    /// is a conflict.
     pub async fn complete(
         &self,
         id: String,
         status: OrderStatus,
         failure_reason: Option<String>,
-    ) -> Result<Order, StoreError> {
+    ) -> Result<(Order, bool), StoreError> {
         self.write("UPDATE", "orders", move |c| {
             let mut order = c
                 .query_row(
@@ -200,7 +201,7 @@ impl Store {
                 .optional()?
                 .ok_or_else(|| StoreError::NotFound(id.clone()))?;
             if order.status() == status {
-                return Ok(order);
+                return Ok((order, false));
             }
             if order.status() != OrderStatus::Pending {
                 return Err(StoreError::Conflict {
@@ -214,7 +215,7 @@ impl Store {
             )?;
             order.set_status(status);
             order.failure_reason = failure_reason.unwrap_or_default();
-            Ok(order)
+            Ok((order, true))
         })
         .await
     }
@@ -308,16 +309,16 @@ pub(crate) mod tests {
         let store = Store::open(&dir.join("orders.db")).unwrap();
         assert_eq!(store.get("o-1".into()).await.unwrap(), order("o-1"));
 
-        let done = store
+        let (done, changed) = store
             .complete("o-1".into(), OrderStatus::Fulfilled, None)
             .await
             .unwrap();
-        assert_eq!(done.status(), OrderStatus::Fulfilled);
-        let again = store
+        assert_eq!((done.status(), changed), (OrderStatus::Fulfilled, true));
+        let (again, changed) = store
             .complete("o-1".into(), OrderStatus::Fulfilled, None)
             .await
             .unwrap();
-        assert_eq!(again.status(), OrderStatus::Fulfilled);
+        assert_eq!((again.status(), changed), (OrderStatus::Fulfilled, false));
         let conflict = store
             .complete("o-1".into(), OrderStatus::Failed, Some("late".into()))
             .await

@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::consumer::{self, CLIENT_ID, Revocations, WorkerConsumer};
 use crate::dead_letter::DeadLetters;
 use crate::dispatch::{self, Bounds, LANE_CAPACITY};
+use crate::metrics::{Lag, WorkerMetrics};
 use crate::process::Processor;
 use crate::reporting::Reporter;
 
@@ -46,8 +47,10 @@ impl std::fmt::Debug for Application {
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let (consumer, revocations) = consumer::create(&consumer::settings(&config), &config.topic)
-            .context("creating Kafka consumer")?;
+        let lag = Lag::default();
+        let (consumer, revocations) =
+            consumer::create(&consumer::settings(&config), &config.topic, lag.clone())
+                .context("creating Kafka consumer")?;
         let dead_letters = DeadLetters::new(&config).context("creating Kafka producer")?;
         let order_service = proto::client::connect(&config.order_service)
             .with_context(|| format!("ORDER_SERVICE_URL={}", config.order_service.url))?;
@@ -61,6 +64,7 @@ impl Application {
             dead_letters,
             retry: config.retry,
             faults: config.fault_injection,
+            metrics: Arc::new(WorkerMetrics::new(&config.group_id, lag)),
         };
         Ok(Self {
             config,

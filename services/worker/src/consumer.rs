@@ -8,9 +8,11 @@ use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaResult;
+use rdkafka::statistics::Statistics;
 use tokio::sync::mpsc;
 
 use crate::config::Config;
+use crate::metrics::{Lag, STATISTICS_INTERVAL_MS};
 
 /// `client.id`, and `messaging.client.id` on the spans.
 pub const CLIENT_ID: &str = "worker";
@@ -28,9 +30,15 @@ pub type Revocations = mpsc::UnboundedReceiver<Vec<PartitionId>>;
 #[derive(Debug)]
 pub struct WorkerContext {
     revoked: mpsc::UnboundedSender<Vec<PartitionId>>,
+    /// Where librdkafka's statistics put the consumer lag (`metrics.rs`).
+    lag: Lag,
 }
 
-impl ClientContext for WorkerContext {}
+impl ClientContext for WorkerContext {
+    fn stats(&self, statistics: Statistics) {
+        self.lag.update(&statistics);
+    }
+}
 
 impl ConsumerContext for WorkerContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -68,7 +76,9 @@ pub fn settings(config: &Config) -> ClientConfig {
         // worker's orders for 41–48 s in the drills; 10 s is well above a heartbeat's
         // worst gap (every 3 s) and the broker's minimum (6 s).
         .set("session.timeout.ms", "10000")
-        .set("heartbeat.interval.ms", "3000");
+        .set("heartbeat.interval.ms", "3000")
+        // The consumer lag for `app.kafka.consumer.lag` comes with these reports.
+        .set("statistics.interval.ms", STATISTICS_INTERVAL_MS.to_string());
     settings
 }
 
@@ -76,9 +86,10 @@ pub fn settings(config: &Config) -> ClientConfig {
 pub fn create(
     settings: &ClientConfig,
     topic: &str,
+    lag: Lag,
 ) -> KafkaResult<(Arc<WorkerConsumer>, Revocations)> {
     let (revoked, revocations) = mpsc::unbounded_channel();
-    let consumer: WorkerConsumer = settings.create_with_context(WorkerContext { revoked })?;
+    let consumer: WorkerConsumer = settings.create_with_context(WorkerContext { revoked, lag })?;
     consumer.subscribe(&[topic])?;
     Ok((Arc::new(consumer), revocations))
 }

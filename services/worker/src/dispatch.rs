@@ -532,7 +532,8 @@ mod tests {
             )
             // Well inside the session, or the broker ends the membership itself.
             .set("heartbeat.interval.ms", "500");
-        let (consumer, revocations) = consumer::create(&settings, topic).unwrap();
+        let (consumer, revocations) =
+            consumer::create(&settings, topic, Default::default()).unwrap();
         (kafka, consumer, revocations)
     }
 

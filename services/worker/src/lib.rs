@@ -14,6 +14,7 @@
 //!   `offsets.rs`: which offset may be stored when records finish out of order.
 //! - `process.rs`: one record, in its CONSUMER span. `fulfilment.rs`: the work, in spawned
 //!   tasks that keep their trace. `reporting.rs`: the gRPC call back.
+//! - `metrics.rs`: how long each record took, and the consumer lag.
 //! - `failure.rs`: which failures are retried, re-checked or dead-lettered, and the
 //!   backoff. `dead_letter.rs`: the dead-letter topic and its headers.
 
@@ -24,6 +25,7 @@ mod dead_letter;
 mod dispatch;
 mod failure;
 pub mod fulfilment;
+mod metrics;
 mod offsets;
 mod process;
 mod reporting;

@@ -4,6 +4,9 @@
 //! span `send orders.dlq`). Failures are classified and retried by `failure.rs`.
 
 use faults::FaultInjection;
+use std::sync::Arc;
+use std::time::Instant;
+
 use proto::order::v1::OrderCreated;
 use rdkafka::message::{Message, OwnedMessage};
 use telemetry::propagation::kafka::KafkaClient;
@@ -15,6 +18,7 @@ use crate::dead_letter::DeadLetters;
 use crate::dispatch::Handled;
 use crate::failure::{Failure, GaveUp, RetryPolicy, retry};
 use crate::fulfilment;
+use crate::metrics::WorkerMetrics;
 use crate::reporting::Reporter;
 
 #[derive(Debug, Clone)]
@@ -25,6 +29,7 @@ pub struct Processor {
     pub dead_letters: DeadLetters,
     pub retry: RetryPolicy,
     pub faults: FaultInjection,
+    pub metrics: Arc<WorkerMetrics>,
 }
 
 impl Processor {
@@ -32,9 +37,13 @@ impl Processor {
     /// `stop` cut a retry short.
     pub async fn handle(&self, record: OwnedMessage, stop: CancellationToken) -> Handled {
         let span = self.kafka.consumer_span(&record, &self.group_id);
+        let started = Instant::now();
         async move {
             let failure = match self.process(&record, &stop).await {
-                Ok(()) => return Handled::Done,
+                Ok(()) => {
+                    self.metrics.processed(started, record.topic(), None);
+                    return Handled::Done;
+                }
                 Err(GaveUp::Stopped) => return interrupted(),
                 Err(GaveUp::Permanent(failure)) => failure,
             };
@@ -45,7 +54,11 @@ impl Processor {
             );
             tracing::error!(error.type = failure.error_type, reason = %failure.reason, "record cannot be handled; dead-lettering it");
             match self.dead_letters.send(&record, &failure, &stop).await {
-                Ok(()) => Handled::Done,
+                Ok(()) => {
+                    let error_type = Some(failure.error_type);
+                    self.metrics.processed(started, record.topic(), error_type);
+                    Handled::Done
+                }
                 // Every failed write is transient: only `stop` ends the retries.
                 Err(_) => interrupted(),
             }

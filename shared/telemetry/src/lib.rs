@@ -32,6 +32,8 @@ mod limits;
 mod log_format;
 mod metrics;
 pub mod propagation;
+#[cfg(any(feature = "http", feature = "grpc"))]
+mod request_metrics;
 mod semconv;
 pub mod span;
 mod span_count;

@@ -386,6 +386,77 @@ fn red_metrics_from_spans_reach_prometheus_and_jaegers_monitor_tab() {
             .await;
         }
 
+        // The services' own metrics (OTLP from each service's meter provider, not derived
+        // from spans), exactly this run's.
+        let run = run.as_str();
+        let fulfilled = count(Kind::Fulfilled);
+        let failed = placed - fulfilled;
+        for (what, promql, want) in [
+            (
+                "orders created",
+                format!(r#"app_orders_created_total{{instance="{run}"}}"#),
+                placed,
+            ),
+            (
+                "orders FULFILLED",
+                format!(
+                    r#"app_orders_completed_total{{instance="{run}", app_order_status="ORDER_STATUS_FULFILLED"}}"#
+                ),
+                fulfilled,
+            ),
+            (
+                "orders FAILED",
+                format!(
+                    r#"app_orders_completed_total{{instance="{run}", app_order_status="ORDER_STATUS_FAILED"}}"#
+                ),
+                failed,
+            ),
+            (
+                "POST /api/orders durations (http.server.request.duration)",
+                format!(
+                    r#"http_server_request_duration_seconds_count{{instance="{run}", http_route="/api/orders", http_request_method="POST"}}"#
+                ),
+                placed,
+            ),
+            (
+                "CreateOrder durations on the server (rpc.server.call.duration)",
+                format!(
+                    r#"rpc_server_call_duration_seconds_count{{instance="{run}", rpc_method="order.v1.OrderService/CreateOrder"}}"#
+                ),
+                placed,
+            ),
+            (
+                "CreateOrder durations at the gateway (rpc.client.call.duration)",
+                format!(
+                    r#"rpc_client_call_duration_seconds_count{{instance="{run}", rpc_method="order.v1.OrderService/CreateOrder"}}"#
+                ),
+                placed,
+            ),
+            (
+                "records processed (messaging.process.duration)",
+                format!(r#"messaging_process_duration_seconds_count{{instance="{run}"}}"#),
+                placed,
+            ),
+        ] {
+            let promql = &promql;
+            eventually(&format!("the services' metric: {what}"), || async move {
+                let total: f64 = prometheus.query(&format!("sum({promql})")).await.iter().map(|(_, v)| v).sum();
+                (total == want)
+                    .then_some(())
+                    .ok_or(format!("{promql} = {total}, want {want}"))
+            })
+            .await;
+        }
+        for gauge in ["app_outbox_backlog", "app_kafka_consumer_lag"] {
+            eventually(&format!("the services' gauge {gauge}"), || async move {
+                let series = prometheus.query(&format!(r#"{gauge}{{instance="{run}"}}"#)).await;
+                (!series.is_empty())
+                    .then_some(())
+                    .ok_or(format!("no {gauge} series for {run}"))
+            })
+            .await;
+        }
+
         // Exemplars: a bucket of POST /api/orders leads to one of this run's traces.
         let ours: Vec<&str> = orders.iter().map(|(_, o)| o.trace_id.as_str()).collect();
         let (ours, run) = (&ours, &run);

@@ -13,6 +13,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll, ready};
+use std::time::Instant;
 
 use http::{HeaderMap, Request, Response, Uri};
 use http_body::{Body, Frame, SizeHint};
@@ -23,6 +24,7 @@ use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::{extract, inject};
+use crate::request_metrics;
 use crate::semconv::{self, RpcConventions};
 use crate::span::mark_error;
 
@@ -73,27 +75,26 @@ where
         if request.uri().path().starts_with(HEALTH_SERVICE_PATH) {
             let future = self.inner.call(request);
             return Box::pin(async move {
-                future.await.map(|response| {
-                    response.map(|inner| TracedBody {
-                        inner,
-                        span: None,
-                        side: Side::Server,
-                    })
-                })
+                future
+                    .await
+                    .map(|response| response.map(|inner| TracedBody { inner, call: None }))
             });
         }
-        let span = rpc_span(Side::Server, request.uri().path(), None, semconv::rpc());
+        let call = Call::new(Side::Server, request.uri().path(), None);
         // The caller's context arrives as `traceparent` metadata; it must become the
         // parent before the span is first entered.
-        if let Err(error) = span.set_parent(extract(&HeaderExtractor(request.headers()))) {
+        if let Err(error) = call
+            .span
+            .set_parent(extract(&HeaderExtractor(request.headers())))
+        {
             tracing::warn!(%error, "could not continue the caller's trace");
         }
-        let future = span.in_scope(|| self.inner.call(request));
+        let future = call.span.in_scope(|| self.inner.call(request));
         Box::pin(async move {
             future
-                .instrument(span.clone())
+                .instrument(call.span.clone())
                 .await
-                .map(|r| trace_response(r, span, Side::Server))
+                .map(|r| trace_response(r, call))
         })
     }
 }
@@ -148,21 +149,19 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         // A child of whatever span the caller is in (the HTTP server span in the
         // gateway, the consumer span in the worker).
-        let span = rpc_span(
-            Side::Client,
-            request.uri().path(),
-            Some(&self.server),
-            semconv::rpc(),
-        );
+        let call = Call::new(Side::Client, request.uri().path(), Some(&self.server));
         // `traceparent` carries this CLIENT span's id: the server span becomes its child.
-        inject(&span.context(), &mut HeaderInjector(request.headers_mut()));
-        let future = span.in_scope(|| self.inner.call(request));
+        inject(
+            &call.span.context(),
+            &mut HeaderInjector(request.headers_mut()),
+        );
+        let future = call.span.in_scope(|| self.inner.call(request));
         Box::pin(async move {
-            match future.instrument(span.clone()).await {
-                Ok(response) => Ok(trace_response(response, span, Side::Client)),
+            match future.instrument(call.span.clone()).await {
+                Ok(response) => Ok(trace_response(response, call)),
                 Err(error) => {
                     // The call never reached the server (connection refused, timeout).
-                    mark_error(&span, "transport", &error.to_string());
+                    call.failed("transport", &error.to_string());
                     Err(error)
                 }
             }
@@ -221,28 +220,69 @@ fn rpc_span(
     )
 }
 
-/// Records a status found in the headers (a "trailers-only" error response), or hands
-/// the span to the body to wait for the trailers.
-fn trace_response<B>(
-    response: Response<B>,
+/// One traced call: its span, and what its duration metric needs when it ends.
+#[derive(Debug)]
+struct Call {
     span: tracing::Span,
     side: Side,
-) -> Response<TracedBody<B>> {
-    let span = match grpc_status(response.headers()) {
+    method: String,
+    started: Instant,
+}
+
+impl Call {
+    fn new(side: Side, path: &str, server: Option<&Uri>) -> Self {
+        Self {
+            span: rpc_span(side, path, server, semconv::rpc()),
+            side,
+            method: path.trim_start_matches('/').to_owned(),
+            started: Instant::now(),
+        }
+    }
+
+    /// The status came back: on the span, and the call's duration with it.
+    fn ended(self, code: i32) {
+        let (status, failed) = record_grpc_status(&self.span, self.side, code);
+        request_metrics::rpc_call(
+            self.side == Side::Server,
+            self.started,
+            &self.method,
+            Some(status),
+            failed.then_some(status),
+        );
+    }
+
+    /// No status will come: the transport failed.
+    fn failed(self, error_type: &str, message: &str) {
+        mark_error(&self.span, error_type, message);
+        request_metrics::rpc_call(
+            self.side == Side::Server,
+            self.started,
+            &self.method,
+            None,
+            Some(error_type),
+        );
+    }
+}
+
+/// Records a status found in the headers (a "trailers-only" error response), or hands
+/// the call to the body to wait for the trailers.
+fn trace_response<B>(response: Response<B>, call: Call) -> Response<TracedBody<B>> {
+    let call = match grpc_status(response.headers()) {
         Some(code) => {
-            record_grpc_status(&span, side, code);
+            call.ended(code);
             None
         }
-        None => Some(span),
+        None => Some(call),
     };
-    response.map(|inner| TracedBody { inner, span, side })
+    response.map(|inner| TracedBody { inner, call })
 }
 
 fn grpc_status(headers: &HeaderMap) -> Option<i32> {
     headers.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
-fn record_grpc_status(span: &tracing::Span, side: Side, code: i32) {
+/// Returns the status's name and whether the span was marked failed.
+fn record_grpc_status(span: &tracing::Span, side: Side, code: i32) -> (&'static str, bool) {
     let code = tonic::Code::from_i32(code);
     let name = status_name(code);
     span.record("rpc.response.status_code", name);
@@ -267,6 +307,7 @@ fn record_grpc_status(span: &tracing::Span, side: Side, code: i32) {
     if is_error {
         mark_error(span, name, &format!("gRPC status {name}"));
     }
+    (name, is_error)
 }
 
 /// The status code's name as the gRPC spec writes it (`DEADLINE_EXCEEDED`).
@@ -295,13 +336,12 @@ fn status_name(code: tonic::Code) -> &'static str {
 
 pin_project_lite::pin_project! {
     /// A response body that keeps the call's span open until the body ends and records
-    /// the `grpc-status` from the trailers.
+    /// the `grpc-status` from the trailers (and the call's duration with it).
     #[derive(Debug)]
     pub struct TracedBody<B> {
         #[pin]
         inner: B,
-        span: Option<tracing::Span>,
-        side: Side,
+        call: Option<Call>,
     }
 }
 
@@ -321,18 +361,18 @@ where
         match &frame {
             Some(Ok(frame)) => {
                 if let Some(code) = frame.trailers_ref().and_then(grpc_status)
-                    && let Some(span) = this.span.take()
+                    && let Some(call) = this.call.take()
                 {
-                    record_grpc_status(&span, *this.side, code);
+                    call.ended(code);
                 }
             }
             Some(Err(error)) => {
-                if let Some(span) = this.span.take() {
-                    mark_error(&span, "transport", &error.to_string());
+                if let Some(call) = this.call.take() {
+                    call.failed("transport", &error.to_string());
                 }
             }
             // The stream ended; dropping the span ends it.
-            None => *this.span = None,
+            None => *this.call = None,
         }
         Poll::Ready(frame)
     }

@@ -12,6 +12,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
+use std::time::Instant;
 
 use axum::extract::MatchedPath;
 use http::{HeaderValue, Request, Response};
@@ -23,6 +24,7 @@ use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::{extract, inject, traceresponse};
+use crate::request_metrics;
 use crate::span::mark_error;
 
 /// Response header with the trace id of the server span (W3C Trace Context Level 2).
@@ -99,7 +101,11 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let span = server_span(&request);
+        let started = Instant::now();
+        let method = semconv_method(request.method());
+        let route = matched_route(&request);
+        let scheme = request.uri().scheme_str().unwrap_or("http").to_owned();
+        let span = server_span(&request, route.as_deref());
         let remote = extract(&HeaderExtractor(request.headers()));
         match self.inbound {
             // The remote parent must be set before the span is first entered.
@@ -124,7 +130,15 @@ where
             async move {
                 let mut response = future.await?;
                 let span = tracing::Span::current();
-                record_status(&span, response.status().as_u16());
+                let status = response.status().as_u16();
+                record_status(&span, status);
+                request_metrics::http_server_request(
+                    started,
+                    method,
+                    route.as_deref(),
+                    &scheme,
+                    status,
+                );
                 if let Some(value) = traceresponse(span.context().span().span_context())
                     .and_then(|v| HeaderValue::from_str(&v).ok())
                 {
@@ -137,14 +151,18 @@ where
     }
 }
 
-fn server_span<B>(request: &Request<B>) -> tracing::Span {
-    let method = semconv_method(request.method());
-    let route = request
+/// The route axum matched (`/api/orders/{id}`), never the raw path.
+fn matched_route<B>(request: &Request<B>) -> Option<String> {
+    request
         .extensions()
         .get::<MatchedPath>()
-        .map(|path| path.as_str().to_owned());
+        .map(|path| path.as_str().to_owned())
+}
+
+fn server_span<B>(request: &Request<B>, route: Option<&str>) -> tracing::Span {
+    let method = semconv_method(request.method());
     // `{method} {route}`; without a matched route only the method (semantic conventions).
-    let name = match &route {
+    let name = match route {
         Some(route) => format!("{method} {route}"),
         None => method.to_owned(),
     };
@@ -165,7 +183,7 @@ fn server_span<B>(request: &Request<B>) -> tracing::Span {
         otel.status_code = Empty,
         otel.status_description = Empty,
         http.request.method = method,
-        http.route = route.as_deref(),
+        http.route = route,
         http.response.status_code = Empty,
         url.path = request.uri().path(),
         url.scheme = request.uri().scheme_str().unwrap_or("http"),

@@ -248,6 +248,8 @@ impl Services {
                 ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.to_owned()),
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.to_owned()),
                 ("OTEL_BSP_SCHEDULE_DELAY", "200".to_owned()),
+                // The services' own metrics within a test's patience (the default is 60 s).
+                ("OTEL_METRIC_EXPORT_INTERVAL", "2000".to_owned()),
                 (
                     "OTEL_RESOURCE_ATTRIBUTES",
                     format!("deployment.environment.name=e2e,service.instance.id={run_id}"),
