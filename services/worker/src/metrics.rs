@@ -15,11 +15,6 @@ use rdkafka::statistics::Statistics;
 /// How often librdkafka reports its statistics, and so the lag (`statistics.interval.ms`).
 pub const STATISTICS_INTERVAL_MS: u32 = 5000;
 
-/// The semantic conventions' advice for messaging durations, in seconds.
-const DURATION_BOUNDARIES: [f64; 14] = [
-    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-];
-
 /// Lag by (topic, partition), as librdkafka last reported it.
 #[derive(Debug, Clone, Default)]
 pub struct Lag(Arc<Mutex<HashMap<(String, i32), i64>>>);
@@ -63,7 +58,7 @@ impl WorkerMetrics {
                 .f64_histogram("messaging.process.duration")
                 .with_unit("s")
                 .with_description("Duration of processing operation.")
-                .with_boundaries(DURATION_BOUNDARIES.to_vec())
+                .with_boundaries(telemetry::DURATION_BUCKETS_SECONDS.to_vec())
                 .build(),
             group: group.to_owned(),
             _lag: meter

@@ -159,10 +159,20 @@ impl TelemetryConfig {
             ));
         }
 
-        let exporters = parse_exporters(get("OTEL_TRACES_EXPORTER").as_deref())?;
+        let exporters = parse_exporter_list(
+            "OTEL_TRACES_EXPORTER",
+            get("OTEL_TRACES_EXPORTER").as_deref(),
+            Exporter::Otlp,
+            Exporter::Console,
+        )?;
         let otlp = parse_otlp(source, Signal::TRACES)?;
         let metrics = MetricsConfig {
-            exporters: parse_metrics_exporters(get("OTEL_METRICS_EXPORTER").as_deref())?,
+            exporters: parse_exporter_list(
+                "OTEL_METRICS_EXPORTER",
+                get("OTEL_METRICS_EXPORTER").as_deref(),
+                MetricsExporter::Otlp,
+                MetricsExporter::Console,
+            )?,
             otlp: parse_otlp(source, Signal::METRICS)?,
             interval: millis_or(
                 source,
@@ -197,46 +207,26 @@ impl TelemetryConfig {
     }
 }
 
-fn parse_exporters(raw: Option<&str>) -> Result<Vec<Exporter>, SettingError> {
-    const VAR: &str = "OTEL_TRACES_EXPORTER";
+/// An `OTEL_*_EXPORTER` list: comma-separated `otlp`, `console`, `none`; `otlp` when unset.
+/// `otlp` and `console` are the variants the signal's exporter type has for them.
+fn parse_exporter_list<E: Copy + PartialEq>(
+    var: &str,
+    raw: Option<&str>,
+    otlp: E,
+    console: E,
+) -> Result<Vec<E>, SettingError> {
     let Some(raw) = raw else {
-        return Ok(vec![Exporter::Otlp]);
+        return Ok(vec![otlp]);
     };
     let mut exporters = Vec::new();
     for name in raw.split(',').map(str::trim) {
         let exporter = match name {
-            "otlp" => Exporter::Otlp,
-            "console" => Exporter::Console,
+            "otlp" => otlp,
+            "console" => console,
             "none" => continue,
             other => {
                 return Err(SettingError::new(
-                    VAR,
-                    raw,
-                    format!("unknown exporter {other:?}; expected otlp, console or none"),
-                ));
-            }
-        };
-        if !exporters.contains(&exporter) {
-            exporters.push(exporter);
-        }
-    }
-    Ok(exporters)
-}
-
-fn parse_metrics_exporters(raw: Option<&str>) -> Result<Vec<MetricsExporter>, SettingError> {
-    const VAR: &str = "OTEL_METRICS_EXPORTER";
-    let Some(raw) = raw else {
-        return Ok(vec![MetricsExporter::Otlp]);
-    };
-    let mut exporters = Vec::new();
-    for name in raw.split(',').map(str::trim) {
-        let exporter = match name {
-            "otlp" => MetricsExporter::Otlp,
-            "console" => MetricsExporter::Console,
-            "none" => continue,
-            other => {
-                return Err(SettingError::new(
-                    VAR,
+                    var,
                     raw,
                     format!("unknown exporter {other:?}; expected otlp, console or none"),
                 ));

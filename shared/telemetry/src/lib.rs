@@ -47,6 +47,7 @@ pub use config::{
 pub use guard::{ShutdownError, TelemetryGuard};
 pub use init::{InitError, init};
 pub use limits::Limits;
+pub use metrics::DURATION_BUCKETS_SECONDS;
 pub use propagation::current_trace_id;
 pub use semconv::RpcConventions;
 

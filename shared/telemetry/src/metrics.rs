@@ -7,6 +7,12 @@
 //! through it; a service's own metrics come from `opentelemetry::global::meter(..)` too.
 
 use opentelemetry_otlp::WithExportConfig;
+
+/// The semantic conventions' advised bucket boundaries for durations in seconds (HTTP,
+/// RPC and messaging durations alike).
+pub const DURATION_BUCKETS_SECONDS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 
 use crate::config::{MetricsExporter, OtlpProtocol, TelemetryConfig};

@@ -12,10 +12,7 @@ use std::time::Instant;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Histogram;
 
-/// The semantic conventions' advice for request durations, in seconds.
-const DURATION_BOUNDARIES: [f64; 14] = [
-    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
-];
+use crate::metrics::DURATION_BUCKETS_SECONDS;
 
 struct Instruments {
     #[cfg(feature = "http")]
@@ -35,7 +32,7 @@ fn instruments() -> &'static Instruments {
                 .f64_histogram(name)
                 .with_unit("s")
                 .with_description(description)
-                .with_boundaries(DURATION_BOUNDARIES.to_vec())
+                .with_boundaries(DURATION_BUCKETS_SECONDS.to_vec())
                 .build()
         };
         Instruments {
