@@ -1,20 +1,62 @@
-//! Retries a failed span export for a bounded time, so a Collector that is away for less
-//! than that loses no span: while one batch waits here, the batch processor's queue keeps
-//! taking new spans, and once the Collector is back the queue drains batch after batch.
+//! Retries a failed span export for a bounded time (`TELEMETRY_EXPORT_RETRY_MS`), so a
+//! Collector that is away for less than that loses no span: while one batch waits, the
+//! batch processor's queue keeps taking new spans, and once the Collector is back the
+//! queue drains batch after batch.
 //!
-//! The OTLP exporter's own retry policy counts attempts (three by default, about 2 s in
-//! all), not time, and an attempt against a stalled Collector can take the whole export
-//! timeout; a deadline says what the user means. Every failure is retried: the exporter
-//! reports a refused connection and a 503 alike, and a permanent error (a wrong endpoint)
-//! fails every batch anyway.
+//! A deadline says what the user means; the OTLP exporter's default policy counts
+//! attempts (three, about 2 s in all). Each attempt stays bounded by the export timeout
+//! (`OTEL_EXPORTER_OTLP_TIMEOUT`), so one stalled attempt cannot use up the deadline.
+//!
+//! - **OTLP/HTTP** (the default): the exporter's own retry, given the deadline as its
+//!   timeout and a client whose requests time out per attempt ([`http_client`],
+//!   [`http_policy`]). It encodes a batch once and resends those bytes; it retries a
+//!   refused connection, 429, 502, 503 and 504, and gives up at once on any other status
+//!   (a wrong path or a bad request fails every batch anyway).
+//! - **OTLP/gRPC**: tonic's exporter uses one timeout for each call and for its retry
+//!   deadline, so it tries once and [`Retrying`] keeps trying. It copies the batch per
+//!   attempt, as tonic's exporter itself does.
 
 use std::time::{Duration, Instant};
 
+use opentelemetry_otlp::{ExporterBuildError, RetryPolicy};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The OTLP/HTTP exporter's retry: until its deadline, not a number of attempts.
+pub(crate) fn http_policy() -> RetryPolicy {
+    RetryPolicy::recommended()
+        .with_max_retries(usize::MAX)
+        .with_initial_delay(FIRST_BACKOFF)
+        .with_max_delay(MAX_BACKOFF)
+}
+
+/// The client the OTLP/HTTP exporter sends with: each request times out after
+/// `per_attempt`. Blocking, because the batch processor exports on a thread of its own;
+/// built on a thread of its own too, because a blocking client may not be built inside
+/// the async runtime `init` is called from.
+pub(crate) fn http_client(
+    per_attempt: Duration,
+) -> Result<reqwest::blocking::Client, ExporterBuildError> {
+    let failed = |reason: String| ExporterBuildError::InternalFailure(reason);
+    std::thread::Builder::new()
+        .name("otlp-http-client".into())
+        .spawn(move || {
+            reqwest::blocking::Client::builder()
+                .timeout(per_attempt)
+                .build()
+        })
+        .map_err(|error| {
+            failed(format!(
+                "cannot start a thread for the HTTP client: {error}"
+            ))
+        })?
+        .join()
+        .map_err(|_| failed("building the HTTP client panicked".into()))?
+        .map_err(|error| failed(format!("cannot build the HTTP client: {error}")))
+}
 
 #[derive(Debug)]
 pub(crate) struct Retrying<E> {
@@ -113,5 +155,123 @@ mod tests {
         // 100 ms, then 200 ms would pass the deadline: two attempts.
         assert_eq!(retrying.inner.calls.load(Ordering::Relaxed), 2);
         assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    /// The OTLP/HTTP path as `init` builds it, against a Collector stand-in on loopback.
+    mod over_http {
+        use std::collections::{HashMap, VecDeque};
+        use std::io::{BufRead, BufReader, Read, Write};
+        use std::net::TcpListener;
+        use std::sync::{Arc, Mutex};
+
+        use opentelemetry::trace::{Tracer, TracerProvider as _};
+
+        use crate::TelemetryConfig;
+        use crate::init::tracer_provider;
+        use crate::span_count::{SpanCounts, SpanFigures};
+
+        /// Answers each export with the next status of `script` (200 once it runs out)
+        /// and records each request's body.
+        fn collector(script: &[u16]) -> (String, Arc<Mutex<Vec<Vec<u8>>>>) {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let endpoint = format!("http://{}", listener.local_addr().unwrap());
+            let bodies = Arc::new(Mutex::new(Vec::new()));
+            let script = Arc::new(Mutex::new(script.iter().copied().collect::<VecDeque<_>>()));
+            let seen = bodies.clone();
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    let Ok(stream) = stream else { return };
+                    let (seen, script) = (seen.clone(), script.clone());
+                    std::thread::spawn(move || {
+                        let mut reader = BufReader::new(stream.try_clone().unwrap());
+                        let mut stream = stream;
+                        // One request after another on a kept-alive connection.
+                        loop {
+                            let mut length = 0;
+                            loop {
+                                let mut line = String::new();
+                                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                    return;
+                                }
+                                if line == "\r\n" {
+                                    break;
+                                }
+                                if let Some((name, value)) = line.split_once(':')
+                                    && name.eq_ignore_ascii_case("content-length")
+                                {
+                                    length = value.trim().parse().unwrap();
+                                }
+                            }
+                            let mut body = vec![0; length];
+                            reader.read_exact(&mut body).unwrap();
+                            seen.lock().unwrap().push(body);
+                            let status = script.lock().unwrap().pop_front().unwrap_or(200);
+                            let answer = format!(
+                                "HTTP/1.1 {status} X\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n"
+                            );
+                            if stream.write_all(answer.as_bytes()).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            });
+            (endpoint, bodies)
+        }
+
+        /// Three spans through a provider built as `init` builds it, then a flush.
+        fn export_three(endpoint: &str, retry_ms: &str) -> SpanFigures {
+            let source: HashMap<String, String> = [
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+                ("OTEL_METRICS_EXPORTER", "none"),
+                ("TELEMETRY_EXPORT_RETRY_MS", retry_ms),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+            let config = TelemetryConfig::from_source("test", "0", &source).unwrap();
+            let counts = SpanCounts::default();
+            let provider = tracer_provider(&config, &counts).unwrap();
+            let tracer = provider.tracer("test");
+            for _ in 0..3 {
+                tracer.in_span("work", |_| {});
+            }
+            let _ = provider.force_flush();
+            let _ = provider.shutdown();
+            counts.figures(true)
+        }
+
+        #[test]
+        fn a_collector_that_refuses_for_a_while_gets_the_same_batch_again() {
+            let (endpoint, bodies) = collector(&[503, 503]);
+            let figures = export_three(&endpoint, "10000");
+            assert_eq!((figures.exported, figures.export_failed), (3, 0));
+            let bodies = bodies.lock().unwrap();
+            assert_eq!(bodies.len(), 3, "two refusals, then the one that worked");
+            assert!(!bodies[0].is_empty());
+            assert!(
+                bodies.iter().all(|body| body == &bodies[0]),
+                "the same bytes each time"
+            );
+        }
+
+        #[test]
+        fn a_status_that_retrying_cannot_change_fails_at_once() {
+            let (endpoint, bodies) = collector(&[400]);
+            let figures = export_three(&endpoint, "10000");
+            assert_eq!((figures.exported, figures.export_failed), (0, 3));
+            assert_eq!(bodies.lock().unwrap().len(), 1);
+        }
+
+        #[test]
+        fn past_the_deadline_the_batch_counts_as_failed() {
+            let (endpoint, bodies) = collector(&[503; 100]);
+            let figures = export_three(&endpoint, "300");
+            assert_eq!((figures.exported, figures.export_failed), (0, 3));
+            // 0, 100 and (about) 300 ms: the backoff doubles and the deadline stops it.
+            let attempts = bodies.lock().unwrap().len();
+            assert!((2..=4).contains(&attempts), "{attempts} attempts");
+        }
     }
 }

@@ -18,7 +18,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::config::{Exporter, OtlpProtocol, SamplerConfig, TelemetryConfig};
-use crate::export_retry::Retrying;
+use crate::export_retry::{self, Retrying};
 use crate::guard::TelemetryGuard;
 use crate::limits::Truncating;
 use crate::log_format::LineWithTraceIds;
@@ -165,7 +165,7 @@ fn self_meter() -> opentelemetry::metrics::Meter {
     global::meter("telemetry")
 }
 
-fn tracer_provider(
+pub(crate) fn tracer_provider(
     config: &TelemetryConfig,
     span_counts: &SpanCounts,
 ) -> Result<SdkTracerProvider, InitError> {
@@ -193,48 +193,64 @@ fn otlp_batch_processor(
     config: &TelemetryConfig,
     span_counts: &SpanCounts,
 ) -> Result<BatchSpanProcessor, InitError> {
-    use opentelemetry_otlp::{RetryPolicy, WithHttpConfig, WithTonicConfig};
+    use opentelemetry_otlp::{WithHttpConfig, WithTonicConfig};
     let otlp = &config.otlp;
-    // Retries are `Retrying`'s job (bounded by time, not attempts): the exporter tries once.
-    let (exporter, component_type) = match otlp.protocol {
-        OtlpProtocol::Grpc => (
-            opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(otlp.endpoint.clone())
-                .with_timeout(otlp.timeout)
-                .with_retry_policy(RetryPolicy::disabled())
-                .build(),
-            "otlp_grpc_span_exporter",
-        ),
-        OtlpProtocol::HttpProtobuf => (
-            opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_endpoint(otlp.endpoint.clone())
-                .with_timeout(otlp.timeout)
-                .with_retry_policy(RetryPolicy::disabled())
-                .build(),
-            "otlp_http_span_exporter",
-        ),
-    };
-    let exporter = exporter.map_err(|source| InitError::Exporter {
+    let built_for = |source| InitError::Exporter {
         endpoint: otlp.endpoint.clone(),
         source,
-    })?;
-
+    };
     let batch = BatchConfigBuilder::default()
         .with_max_queue_size(config.batch.max_queue_size)
         .with_max_export_batch_size(config.batch.max_export_batch_size)
         .with_scheduled_delay(config.batch.scheduled_delay)
         .build();
-    // Counted once a batch's export has finished, retries included.
-    let exporter = CountingExporter::new(
-        Retrying::new(Truncating::new(exporter, &config.limits), otlp.retry_for),
-        span_counts.clone(),
-        &self_meter(),
-        component_type,
-    );
-    Ok(BatchSpanProcessor::builder(exporter)
-        .with_batch_config(batch)
-        .build())
+    // A failed export is retried for `TELEMETRY_EXPORT_RETRY_MS`, each attempt bounded by
+    // the export timeout; the two transports get there differently (export_retry.rs).
+    // Spans are counted once a batch's export has finished, retries included.
+    let processor = match otlp.protocol {
+        OtlpProtocol::HttpProtobuf => {
+            // The exporter's own retry: it encodes a batch once and sends the same bytes
+            // again, where a wrapper would have to copy every span of every batch up
+            // front in case the first attempt fails (measurable per request: issue 10).
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(otlp.endpoint.clone())
+                .with_http_client(export_retry::http_client(otlp.timeout).map_err(built_for)?)
+                .with_timeout(otlp.retry_for)
+                .with_retry_policy(export_retry::http_policy())
+                .build()
+                .map_err(built_for)?;
+            let exporter = CountingExporter::new(
+                Truncating::new(exporter, &config.limits),
+                span_counts.clone(),
+                &self_meter(),
+                "otlp_http_span_exporter",
+            );
+            BatchSpanProcessor::builder(exporter)
+                .with_batch_config(batch)
+                .build()
+        }
+        OtlpProtocol::Grpc => {
+            // tonic's exporter bounds each call by the same timeout it uses as its retry
+            // deadline, so it tries once here and `Retrying` keeps trying.
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(otlp.endpoint.clone())
+                .with_timeout(otlp.timeout)
+                .with_retry_policy(opentelemetry_otlp::RetryPolicy::disabled())
+                .build()
+                .map_err(built_for)?;
+            let exporter = CountingExporter::new(
+                Retrying::new(Truncating::new(exporter, &config.limits), otlp.retry_for),
+                span_counts.clone(),
+                &self_meter(),
+                "otlp_grpc_span_exporter",
+            );
+            BatchSpanProcessor::builder(exporter)
+                .with_batch_config(batch)
+                .build()
+        }
+    };
+    Ok(processor)
 }
