@@ -230,7 +230,7 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v.to_owned()))
             .collect();
-            let config = TelemetryConfig::from_source("test", "0", &source).unwrap();
+            let config = TelemetryConfig::from_source("otel-test-service", "0", &source).unwrap();
             let counts = SpanCounts::default();
             let provider = tracer_provider(&config, &counts).unwrap();
             let tracer = provider.tracer("test");
@@ -249,7 +249,9 @@ mod tests {
             assert_eq!((figures.exported, figures.export_failed), (3, 0));
             let bodies = bodies.lock().unwrap();
             assert_eq!(bodies.len(), 3, "two refusals, then the one that worked");
-            assert!(!bodies[0].is_empty());
+            // The resource reached the exporter through the counting processor.
+            let has = |text: &[u8]| bodies[0].windows(text.len()).any(|w| w == text);
+            assert!(has(b"service.name") && has(b"otel-test-service"));
             assert!(
                 bodies.iter().all(|body| body == &bodies[0]),
                 "the same bytes each time"

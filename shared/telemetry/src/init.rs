@@ -11,7 +11,8 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::resource::TelemetryResourceDetector;
 use opentelemetry_sdk::trace::{
-    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider,
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, SimpleSpanProcessor,
+    SpanProcessor,
 };
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -169,24 +170,27 @@ pub(crate) fn tracer_provider(
     config: &TelemetryConfig,
     span_counts: &SpanCounts,
 ) -> Result<SdkTracerProvider, InitError> {
-    let mut builder = SdkTracerProvider::builder()
+    let mut destinations: Vec<Box<dyn SpanProcessor>> = Vec::new();
+    for exporter in &config.exporters {
+        destinations.push(match exporter {
+            // Console output is for a person watching: print each span as it ends.
+            Exporter::Console => Box::new(SimpleSpanProcessor::new(Truncating::new(
+                opentelemetry_stdout::SpanExporter::default(),
+                &config.limits,
+            ))),
+            Exporter::Otlp => Box::new(otlp_batch_processor(config, span_counts)?),
+        });
+    }
+    Ok(SdkTracerProvider::builder()
         .with_resource(resource(config))
         .with_sampler(sampler(config.sampler))
         .with_span_limits(config.limits.span_limits())
-        .with_span_processor(SpanCounter::new(span_counts.clone(), &self_meter()));
-    for exporter in &config.exporters {
-        builder = match exporter {
-            // Console output is for a person watching: print each span as it ends.
-            Exporter::Console => builder.with_simple_exporter(Truncating::new(
-                opentelemetry_stdout::SpanExporter::default(),
-                &config.limits,
-            )),
-            Exporter::Otlp => {
-                builder.with_span_processor(otlp_batch_processor(config, span_counts)?)
-            }
-        };
-    }
-    Ok(builder.build())
+        .with_span_processor(SpanCounter::new(
+            span_counts.clone(),
+            &self_meter(),
+            destinations,
+        ))
+        .build())
 }
 
 fn otlp_batch_processor(

@@ -3,9 +3,9 @@
 //! spans_dropped= spans_export_failed=`) and exported as the OpenTelemetry SDK
 //! self-metrics (semantic conventions, "OpenTelemetry SDK metrics", status Development):
 //!
-//! - `otel.sdk.span.started` and `otel.sdk.span.live`, from [`SpanCounter`], the first
-//!   span processor (it sees recording spans only: a span the sampler drops never reaches
-//!   a processor);
+//! - `otel.sdk.span.started` and `otel.sdk.span.live`, from [`SpanCounter`], the span
+//!   processor that hands spans on to the exporting ones (it sees recording spans only:
+//!   a span the sampler drops never reaches a processor);
 //! - `otel.sdk.exporter.span.exported`, with `error.type` for a batch whose export
 //!   failed after the exporter's retries, from [`CountingExporter`] around the OTLP exporter;
 //! - `otel.sdk.processor.span.processed` with `error.type=queue_full`, from the SDK's own
@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use opentelemetry::metrics::{Counter, Meter, UpDownCounter};
+use opentelemetry::metrics::{BoundCounter, BoundUpDownCounter, Counter, Meter};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
@@ -67,66 +67,113 @@ impl SpanCounts {
     }
 }
 
-/// The first span processor: counts spans as they start and end.
-#[derive(Debug, Clone)]
+/// The tracer provider's one span processor: counts spans as they start and end, and
+/// hands each on to the processors that export it.
+///
+/// One processor rather than one beside the others: the SDK gives every registered
+/// processor its own copy of each ended span, so a counter registered beside the batch
+/// processor would cost a copy of every span just to count it. Here a span is copied
+/// only when it has more than one destination (console and OTLP at once).
+#[derive(Debug)]
 pub(crate) struct SpanCounter {
     counts: SpanCounts,
-    started: Counter<u64>,
-    live: UpDownCounter<i64>,
-    /// `otel.span.sampling_result` of a sampled span and of a recorded, unsampled one.
-    sampled: [KeyValue; 1],
-    record_only: [KeyValue; 1],
+    /// Bound to `otel.span.sampling_result` once, so a span's count skips the attribute
+    /// lookup: indexed by [`SpanCounter::by_result`].
+    started: [BoundCounter<u64>; 2],
+    live: [BoundUpDownCounter<i64>; 2],
+    destinations: Vec<Box<dyn SpanProcessor>>,
 }
 
 impl SpanCounter {
-    pub(crate) fn new(counts: SpanCounts, meter: &Meter) -> Self {
+    pub(crate) fn new(
+        counts: SpanCounts,
+        meter: &Meter,
+        destinations: Vec<Box<dyn SpanProcessor>>,
+    ) -> Self {
+        let started = meter
+            .u64_counter("otel.sdk.span.started")
+            .with_unit("{span}")
+            .with_description(
+                "The number of created spans (recording spans only: those the sampler kept).",
+            )
+            .build();
+        let live = meter
+            .i64_up_down_counter("otel.sdk.span.live")
+            .with_unit("{span}")
+            .with_description("The number of created spans with recording=true for which the end operation has not been called yet.")
+            .build();
+        let result = |sampled| {
+            [KeyValue::new(
+                "otel.span.sampling_result",
+                if sampled {
+                    "RECORD_AND_SAMPLE"
+                } else {
+                    "RECORD_ONLY"
+                },
+            )]
+        };
         Self {
             counts,
-            started: meter
-                .u64_counter("otel.sdk.span.started")
-                .with_unit("{span}")
-                .with_description("The number of created spans (recording spans only: those the sampler kept).")
-                .build(),
-            live: meter
-                .i64_up_down_counter("otel.sdk.span.live")
-                .with_unit("{span}")
-                .with_description("The number of created spans with recording=true for which the end operation has not been called yet.")
-                .build(),
-            sampled: [KeyValue::new("otel.span.sampling_result", "RECORD_AND_SAMPLE")],
-            record_only: [KeyValue::new("otel.span.sampling_result", "RECORD_ONLY")],
+            started: [false, true].map(|sampled| started.bind(&result(sampled))),
+            live: [false, true].map(|sampled| live.bind(&result(sampled))),
+            destinations,
         }
     }
 
-    fn sampling_result(&self, sampled: bool) -> &[KeyValue] {
-        if sampled {
-            &self.sampled
-        } else {
-            &self.record_only
-        }
+    fn by_result(sampled: bool) -> usize {
+        usize::from(sampled)
     }
 }
 
 impl SpanProcessor for SpanCounter {
-    fn on_start(&self, span: &mut Span, _cx: &Context) {
+    fn on_start(&self, span: &mut Span, cx: &Context) {
         self.counts.0.started.fetch_add(1, Ordering::Relaxed);
         let sampled = opentelemetry::trace::Span::span_context(span).is_sampled();
-        self.started.add(1, self.sampling_result(sampled));
-        self.live.add(1, self.sampling_result(sampled));
+        self.started[Self::by_result(sampled)].add(1);
+        self.live[Self::by_result(sampled)].add(1);
+        for destination in &self.destinations {
+            destination.on_start(span, cx);
+        }
     }
 
     fn on_end(&self, span: SpanData) {
         self.counts.0.ended.fetch_add(1, Ordering::Relaxed);
-        self.live
-            .add(-1, self.sampling_result(span.span_context.is_sampled()));
+        self.live[Self::by_result(span.span_context.is_sampled())].add(-1);
+        if let Some((last, others)) = self.destinations.split_last() {
+            for destination in others {
+                destination.on_end(span.clone());
+            }
+            last.on_end(span);
+        }
     }
 
     fn force_flush(&self) -> OTelSdkResult {
-        Ok(())
+        first_error(self.destinations.iter().map(|d| d.force_flush()))
     }
 
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        Ok(())
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        first_error(
+            self.destinations
+                .iter()
+                .map(|d| d.shutdown_with_timeout(timeout)),
+        )
     }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        for destination in &mut self.destinations {
+            destination.set_resource(resource);
+        }
+    }
+}
+
+/// Runs every destination's flush or shutdown (collected first, so one failing does not
+/// skip the others) and reports the first failure.
+fn first_error(results: impl Iterator<Item = OTelSdkResult>) -> OTelSdkResult {
+    results
+        .collect::<Vec<_>>()
+        .into_iter()
+        .find(Result::is_err)
+        .unwrap_or(Ok(()))
 }
 
 /// Counts each batch's spans once its export has finished (retries included): exported,
@@ -233,13 +280,16 @@ mod tests {
         let counts = SpanCounts::default();
         let meter = opentelemetry::global::meter("test");
         let provider = SdkTracerProvider::builder()
-            .with_span_processor(SpanCounter::new(counts.clone(), &meter))
-            .with_span_processor(SimpleSpanProcessor::new(CountingExporter::new(
-                exporter,
+            .with_span_processor(SpanCounter::new(
                 counts.clone(),
                 &meter,
-                "otlp_http_span_exporter",
-            )))
+                vec![Box::new(SimpleSpanProcessor::new(CountingExporter::new(
+                    exporter,
+                    counts.clone(),
+                    &meter,
+                    "otlp_http_span_exporter",
+                )))],
+            ))
             .build();
         let tracer = provider.tracer("test");
         for _ in 0..spans {
