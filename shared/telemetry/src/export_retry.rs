@@ -159,10 +159,7 @@ mod tests {
 
     /// The OTLP/HTTP path as `init` builds it, against a Collector stand-in on loopback.
     mod over_http {
-        use std::collections::{HashMap, VecDeque};
-        use std::io::{BufRead, BufReader, Read, Write};
-        use std::net::TcpListener;
-        use std::sync::{Arc, Mutex};
+        use std::collections::HashMap;
 
         use opentelemetry::trace::{Tracer, TracerProvider as _};
 
@@ -170,53 +167,16 @@ mod tests {
         use crate::init::tracer_provider;
         use crate::span_count::{SpanCounts, SpanFigures};
 
-        /// Answers each export with the next status of `script` (200 once it runs out)
-        /// and records each request's body.
-        fn collector(script: &[u16]) -> (String, Arc<Mutex<Vec<Vec<u8>>>>) {
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            let endpoint = format!("http://{}", listener.local_addr().unwrap());
-            let bodies = Arc::new(Mutex::new(Vec::new()));
-            let script = Arc::new(Mutex::new(script.iter().copied().collect::<VecDeque<_>>()));
-            let seen = bodies.clone();
-            std::thread::spawn(move || {
-                for stream in listener.incoming() {
-                    let Ok(stream) = stream else { return };
-                    let (seen, script) = (seen.clone(), script.clone());
-                    std::thread::spawn(move || {
-                        let mut reader = BufReader::new(stream.try_clone().unwrap());
-                        let mut stream = stream;
-                        // One request after another on a kept-alive connection.
-                        loop {
-                            let mut length = 0;
-                            loop {
-                                let mut line = String::new();
-                                if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                                    return;
-                                }
-                                if line == "\r\n" {
-                                    break;
-                                }
-                                if let Some((name, value)) = line.split_once(':')
-                                    && name.eq_ignore_ascii_case("content-length")
-                                {
-                                    length = value.trim().parse().unwrap();
-                                }
-                            }
-                            let mut body = vec![0; length];
-                            reader.read_exact(&mut body).unwrap();
-                            seen.lock().unwrap().push(body);
-                            let status = script.lock().unwrap().pop_front().unwrap_or(200);
-                            let answer = format!(
-                                "HTTP/1.1 {status} X\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n"
-                            );
-                            if stream.write_all(answer.as_bytes()).is_err() {
-                                return;
-                            }
-                        }
-                    });
-                }
-            });
-            (endpoint, bodies)
+        mod loopback_collector {
+            include!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/support/loopback_collector.rs"
+            ));
+        }
+
+        fn collector(script: &[u16]) -> (String, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+            let collector = loopback_collector::start(script);
+            (collector.endpoint, collector.bodies)
         }
 
         /// Three spans through a provider built as `init` builds it, then a flush.

@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 
 use opentelemetry::propagation::TextMapCompositePropagator;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry::{KeyValue, global};
+use opentelemetry::{InstrumentationScope, KeyValue, global};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::resource::TelemetryResourceDetector;
@@ -73,7 +73,14 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, InitError> {
     let span_counts = SpanCounts::default();
     let provider = tracer_provider(config, &span_counts)?;
     global::set_tracer_provider(provider.clone());
-    let tracer = provider.tracer(config.service_name.clone());
+    // The instrumentation scope names what made the spans (this crate, through the
+    // `tracing` bridge), not the service: that is the resource's `service.name`. Static
+    // text also spares every span an allocated copy of the scope when it ends.
+    let tracer = provider.tracer_with_scope(
+        InstrumentationScope::builder(env!("CARGO_PKG_NAME"))
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build(),
+    );
 
     let otel_layer = otel_layer(tracer, config.span_details);
     let log_layer = tracing_subscriber::fmt::layer()
