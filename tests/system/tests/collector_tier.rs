@@ -28,6 +28,8 @@ use support::wait_for;
 const ORDINARY_ORDERS: usize = 300;
 const FAILED_ORDERS: usize = 10;
 const SLOW_ORDERS: usize = 10;
+/// Ordinary orders under the latency threshold needed to measure the kept fraction.
+const MIN_SAMPLE: u64 = 100;
 /// Orders in flight at once.
 const CONCURRENCY: usize = 16;
 /// Spans of one order's trace (README's tree), failed or not: the failed step is red.
@@ -443,9 +445,11 @@ fn the_tier_keeps_every_failed_and_slow_trace_and_the_configured_share_of_the_re
     // Binomial(n, p). The bounds come from its exact distribution, each tail at most
     // FALSE_FAILURE_PER_TAIL, so a correct tier fails this with probability below 1e-6
     // (n = 300, p = 20 %: mean 60, accepted 29..=96).
+    // Under load some ordinary orders take longer than the threshold (in 20 runs on a busy
+    // 2-core machine, up to 104 of 300); fewer than MIN_SAMPLE left would say little.
     let n = ORDINARY_ORDERS as u64 - ordinary_long;
     assert!(
-        n >= ORDINARY_ORDERS as u64 / 2,
+        n >= MIN_SAMPLE,
         "{ordinary_long} of {ORDINARY_ORDERS} ordinary orders took {:?} or longer: too few left to measure the percentage",
         tier.threshold
     );
