@@ -336,8 +336,9 @@ fn the_tier_keeps_every_failed_and_slow_trace_and_the_configured_share_of_the_re
             (agent.accepted >= expected_spans_total).then_some(())
         },
     );
-    let topic = services.topic.clone();
+    let (topic, dir) = (services.topic.clone(), services.dir.clone());
     let recorded = services.stop() as f64;
+    let _ = std::fs::remove_dir_all(dir);
     assert_eq!(
         recorded, expected_spans_total,
         "spans the services recorded"
