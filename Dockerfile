@@ -12,7 +12,7 @@
 ARG RUST_IMAGE=rust:1.95-slim-bookworm
 # Same Debian release as the build image: the binaries need its glibc.
 ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
-ARG COLLECTOR_IMAGE=otel/opentelemetry-collector-contrib:0.165.0
+ARG COLLECTOR_IMAGE=otel/opentelemetry-collector-contrib:0.161.0
 ARG JAEGER_IMAGE=jaegertracing/jaeger:2.13.0
 
 # --- build environment --------------------------------------------------------------

@@ -2,7 +2,7 @@
 counters and the spans Jaeger stored.
 
   observe.py collector METRICS_URL
-      accepted refused sent send_failed (space-separated; Collector v0.165 names, no _total)
+      accepted refused sent send_failed (space-separated; Collector v0.161 names, no _total)
   observe.py collector-total SNAPSHOTS_FILE
       the same four, summed over a file of such lines taken over time; a line `restart`
       marks a Collector started again (its next line counts from zero)

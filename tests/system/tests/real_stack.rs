@@ -204,7 +204,7 @@ fn check_trace(order: &Order, spans: &[StoredSpan], topic: &str) {
     }
 }
 
-/// The Collector's own span counters (Collector v0.165 names them without `_total`).
+/// The Collector's own span counters (Collector v0.161 names them without `_total`).
 struct CollectorCounters {
     accepted: f64,
     refused: f64,

@@ -18,6 +18,8 @@ pub struct StoredSpan {
     pub parent_span_id: String,
     pub linked_span_ids: Vec<String>,
     pub is_error: bool,
+    pub start_unix_nano: u64,
+    pub end_unix_nano: u64,
     pub attributes: BTreeMap<String, Value>,
 }
 
@@ -57,6 +59,8 @@ pub fn parse(answer: &Value) -> Vec<StoredSpan> {
                         .collect(),
                     is_error: matches!(&span["status"]["code"], Value::Number(n) if n.as_i64() == Some(2))
                         || span["status"]["code"] == "STATUS_CODE_ERROR",
+                    start_unix_nano: nanos(&span["startTimeUnixNano"]),
+                    end_unix_nano: nanos(&span["endTimeUnixNano"]),
                     attributes: attributes(&span["attributes"]),
                 });
             }
@@ -67,6 +71,14 @@ pub fn parse(answer: &Value) -> Vec<StoredSpan> {
 
 fn text(value: &Value) -> String {
     value.as_str().unwrap_or_default().to_owned()
+}
+
+/// A timestamp in ns since the epoch: a string in OTLP JSON (a 64-bit integer).
+fn nanos(value: &Value) -> u64 {
+    match value {
+        Value::String(s) => s.parse().unwrap_or_default(),
+        other => other.as_u64().unwrap_or_default(),
+    }
 }
 
 /// OTLP JSON may give the kind as its number or its enum name.
