@@ -156,7 +156,7 @@ impl Replicas {
             tracing::warn!(
                 replica = %replica.url,
                 code = ?status.code(),
-                message = status.message(),
+                error = status.message(),
                 "order-service replica failed; trying the next"
             );
             last_failure = Some(status);
