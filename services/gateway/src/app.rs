@@ -24,7 +24,7 @@ use crate::{conformance, edge, error, replicas::Replicas};
 /// A request passes, outermost first: the server span (`HttpServerLayer`), the JSON
 /// envelope for axum's own error answers, the in-flight limit and the request timeout,
 /// the body limit, the handler. `replicas`: the order-service's, or one client.
-pub fn router(order_service: impl Into<Replicas>, config: &Config, readiness: Readiness) -> Router {
+pub fn router(replicas: impl Into<Replicas>, config: &Config, readiness: Readiness) -> Router {
     let mut api = Router::new()
         .route("/api/orders", post(orders::create))
         .route("/api/orders/{id}", get(orders::get))
