@@ -5,7 +5,7 @@ Markdown table and the verdict.
   drill_report.py line RECORDS        the last drill's line
   drill_report.py table RECORDS RATE FAULT_SECONDS
   drill_report.py verdict RECORDS     exit 1 if an order was lost or doubled, or a span gap has no name
-  drill_report.py drain DRILL_DIR WORKERS ORDERS STARTED READY WORKER_TICKS OS_TICKS CLK_TCK
+  drill_report.py drain DRILL_DIR WORKERS ORDERS STARTED READY WORKER_TICKS OS_TICKS STACK_TICKS CLK_TCK
                                       one drain measure (a JSON line) from DRILL_DIR/final.txt
   drill_report.py drain-table DRAINS  the drain measures as a Markdown table
 """
@@ -222,7 +222,7 @@ def drain(args):
     "UNIX_SECONDS FINAL_COUNT" samples every 0.5 s from the moment the workers were started.
     Two rates: over the whole drain from the start command (start-up and the group's first
     assignment included), and the steady one between 10 % and 90 % of the backlog final."""
-    drill_dir, workers, orders, started, ready, worker_ticks, os_ticks, clk_tck = args
+    drill_dir, workers, orders, started, ready, worker_ticks, os_ticks, stack_ticks, clk_tck = args
     orders, started, ready, clk_tck = int(orders), float(started), float(ready), int(clk_tck)
     samples = [(float(t), int(n)) for t, n in (line.split() for line in open(os.path.join(drill_dir, "final.txt")))]
     final = samples[-1][1] if samples else 0
@@ -244,17 +244,18 @@ def drain(args):
         "rate_steady": round(steady, 1) if steady else None,
         "worker_cores": round(int(worker_ticks) / clk_tck / whole, 2) if whole > 0 else None,
         "order_service_cores": round(int(os_ticks) / clk_tck / whole, 2) if whole > 0 else None,
+        "stack_cores": round(int(stack_ticks) / clk_tck / whole, 2) if whole > 0 else None,
     }))
 
 
 def drain_table(path):
     rows = [json.loads(line) for line in open(path)]
     print("| workers | orders | all final after (s) | orders final/s, whole drain | orders final/s, 10 %→90 % "
-          "| workers' CPU (cores) | order-service CPU (cores) |")
-    print("|--:|--:|--:|--:|--:|--:|--:|")
+          "| workers' CPU (cores) | order-service CPU (cores) | Kafka + Collector + Jaeger CPU (cores) |")
+    print("|--:|--:|--:|--:|--:|--:|--:|--:|")
     for r in rows:
         print(f"| {r['workers']} | {r['final']} / {r['orders']} | {r['drain_s']} | {r['rate_whole']} "
-              f"| {r['rate_steady']} | {r['worker_cores']} | {r['order_service_cores']} |")
+              f"| {r['rate_steady']} | {r['worker_cores']} | {r['order_service_cores']} | {r.get('stack_cores')} |")
     if not all(r["final"] == r["orders"] for r in rows):
         print("\nnot every order became final: see final.txt in each drain-ROUND-WORKERS directory")
         sys.exit(1)

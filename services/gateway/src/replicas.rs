@@ -11,7 +11,7 @@
 //! - **Failover when it is safe.** A call goes on to the next replica (each replica once
 //!   at most) when the one tried refused the connection: the request never reached a
 //!   server, so any call may. When a replica answered `UNAVAILABLE` or the connection
-//!   broke mid-call, the request may have been handled: only a read (`GetOrder`) goes on,
+//!   broke mid-call (tonic: `UNKNOWN` "transport error"), the request may have been handled: only a read (`GetOrder`) goes on,
 //!   and a `CreateOrder` only with an idempotency key, which makes the next replica
 //!   answer with the order the first one stored, if it did. Other failures are the
 //!   answer.
@@ -80,8 +80,8 @@ impl Replica {
 enum Failover {
     /// Only if the request never reached a server (connection refused).
     Unreached,
-    /// Also if the replica answered `UNAVAILABLE` or the connection broke: the call is
-    /// safe to repeat.
+    /// Also if the replica gave no answer of its own (`no_answer`): the call is safe to
+    /// repeat.
     Unavailable,
 }
 
@@ -148,8 +148,7 @@ impl Replicas {
             if refused {
                 replica.cool_down();
             }
-            let go_on = refused
-                || (failover == Failover::Unavailable && status.code() == Code::Unavailable);
+            let go_on = refused || (failover == Failover::Unavailable && no_answer(&status));
             if !go_on || self.inner.replicas.len() == 1 {
                 return Err(status);
             }
@@ -181,6 +180,19 @@ impl From<OrderClient> for Replicas {
     /// One replica (tests, and callers that build their own client).
     fn from(client: OrderClient) -> Self {
         Self::new([("order-service".to_owned(), client)])
+    }
+}
+
+/// Whether the replica gave no answer of its own: it said `UNAVAILABLE` (down, or
+/// shutting down), or the connection broke mid-call, which tonic 0.14 reports as
+/// `UNKNOWN` "transport error" with the transport's error as its source (a status a
+/// server sent has no source). Measured: a replica SIGKILLed under load
+/// (`scripts/drill replica-kill`) cut a call off that way.
+fn no_answer(status: &Status) -> bool {
+    match status.code() {
+        Code::Unavailable => true,
+        Code::Unknown => std::error::Error::source(status).is_some(),
+        _ => false,
     }
 }
 
@@ -246,5 +258,17 @@ mod tests {
             "tcp connect error"
         )));
         assert!(!connection_refused(&Status::not_found("no such order")));
+    }
+
+    #[test]
+    fn a_broken_connection_is_no_answer_and_a_server_error_is_one() {
+        let broken = Status::from_error(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        assert_eq!(broken.code(), Code::Unknown);
+        assert!(no_answer(&broken));
+        assert!(no_answer(&Status::unavailable("shutting down")));
+        assert!(!no_answer(&Status::unknown("the server failed")));
+        assert!(!no_answer(&Status::deadline_exceeded("slow")));
     }
 }
