@@ -23,6 +23,8 @@ import org.apache.kafka.common.serialization.ByteArraySerializer;
  *
  *   lag BOOTSTRAP GROUP TOPIC   records of TOPIC that GROUP has not committed
  *   count BOOTSTRAP TOPIC       records ever written to TOPIC (sum of end offsets; 0 if none)
+ *   assigned BOOTSTRAP GROUP    members of GROUP holding a partition, once the group is stable
+ *                               (0 while it rebalances)
  *   produce BOOTSTRAP TOPIC     one record per stdin line: KEY TAB VALUE [TAB HEADER=VALUE]...
  *                               sent as given (no schema, no checks), acknowledged by the broker
  */
@@ -31,6 +33,7 @@ public class KafkaTool {
     switch (args[0]) {
       case "lag" -> System.out.println(lag(args[1], args[2], args[3]));
       case "count" -> System.out.println(count(args[1], args[2]));
+      case "assigned" -> System.out.println(assigned(args[1], args[2]));
       case "produce" -> produce(args[1], args[2]);
       default -> throw new IllegalArgumentException("unknown command " + args[0]);
     }
@@ -62,6 +65,18 @@ public class KafkaTool {
         lag += Math.max(0, end.getValue() - (done == null ? 0 : done.offset()));
       }
       return lag;
+    }
+  }
+
+  static long assigned(String bootstrap, String group) throws Exception {
+    try (Admin admin = admin(bootstrap)) {
+      var described = admin.describeConsumerGroups(List.of(group)).describedGroups().get(group).get();
+      if (described.groupState() != org.apache.kafka.common.GroupState.STABLE) {
+        return 0;
+      }
+      return described.members().stream()
+          .filter(member -> !member.assignment().topicPartitions().isEmpty())
+          .count();
     }
   }
 

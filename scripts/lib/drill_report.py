@@ -5,6 +5,9 @@ Markdown table and the verdict.
   drill_report.py line RECORDS        the last drill's line
   drill_report.py table RECORDS RATE FAULT_SECONDS
   drill_report.py verdict RECORDS     exit 1 if an order was lost or doubled, or a span gap has no name
+  drill_report.py drain DRILL_DIR WORKERS ORDERS STARTED READY WORKER_TICKS OS_TICKS STACK_TICKS CLK_TCK
+                                      one drain measure (a JSON line) from DRILL_DIR/final.txt
+  drill_report.py drain-table DRAINS  the drain measures as a Markdown table
 """
 import glob
 import json
@@ -214,10 +217,60 @@ def verdict(records):
     sys.exit(1 if bad else 0)
 
 
+def drain(args):
+    """Orders final per second while W workers empty a backlog. `final.txt` holds
+    "UNIX_SECONDS FINAL_COUNT" samples every 0.5 s from the moment the workers were started.
+    Two rates: over the whole drain from the start command (start-up and the group's first
+    assignment included), and the steady one between 10 % and 90 % of the backlog final."""
+    drill_dir, workers, orders, started, ready, worker_ticks, os_ticks, stack_ticks, clk_tck = args
+    orders, started, ready, clk_tck = int(orders), float(started), float(ready), int(clk_tck)
+    samples = [(float(t), int(n)) for t, n in (line.split() for line in open(os.path.join(drill_dir, "final.txt")))]
+    final = samples[-1][1] if samples else 0
+    done_at = samples[-1][0] if samples else started
+
+    def first_reaching(count):
+        return next((t for t, n in samples if n >= count), None)
+
+    low, high = first_reaching(orders * 0.1), first_reaching(orders * 0.9)
+    steady = (orders * 0.8) / (high - low) if low is not None and high is not None and high > low else None
+    whole = done_at - started
+    print(json.dumps({
+        "workers": int(workers),
+        "orders": orders,
+        "final": final,
+        "start_to_ready_s": round(ready - started, 2),
+        "drain_s": round(whole, 2),
+        "rate_whole": round(final / whole, 1) if whole > 0 else None,
+        "rate_steady": round(steady, 1) if steady else None,
+        "worker_cores": round(int(worker_ticks) / clk_tck / whole, 2) if whole > 0 else None,
+        "order_service_cores": round(int(os_ticks) / clk_tck / whole, 2) if whole > 0 else None,
+        "stack_cores": round(int(stack_ticks) / clk_tck / whole, 2) if whole > 0 else None,
+    }))
+
+
+def drain_table(path):
+    rows = [json.loads(line) for line in open(path)]
+    print("| workers | orders | all final after (s) | orders final/s, whole drain | orders final/s, 10 %→90 % "
+          "| workers' CPU (cores) | order-service CPU (cores) | Kafka + Collector + Jaeger CPU (cores) |")
+    print("|--:|--:|--:|--:|--:|--:|--:|--:|")
+    for r in rows:
+        print(f"| {r['workers']} | {r['final']} / {r['orders']} | {r['drain_s']} | {r['rate_whole']} "
+              f"| {r['rate_steady']} | {r['worker_cores']} | {r['order_service_cores']} | {r.get('stack_cores')} |")
+    if not all(r["final"] == r["orders"] for r in rows):
+        print("\nnot every order became final: see final.txt in each drain-ROUND-WORKERS directory")
+        sys.exit(1)
+
+
 def main():
     command, args = sys.argv[1], sys.argv[2:]
     if command == "record":
         record(args)
+        return
+    if command == "drain":
+        drain(args)
+        return
+    if command == "drain-table":
+        drain_table(args[0])
         return
     records = [json.loads(l) for l in open(args[0]) if l.strip()]
     if command == "line":

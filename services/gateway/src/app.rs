@@ -8,7 +8,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::{get, post};
 use lifecycle::health::{self, Readiness};
-use proto::client::{OrderClient, OrderServiceConnection};
+use proto::client::OrderServiceConnection;
 use proto::order::v1::SERVICE_NAME;
 use telemetry::propagation::http::HttpServerLayer;
 use tokio::net::TcpListener;
@@ -16,19 +16,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::orders;
-use crate::{conformance, edge, error};
+use crate::{conformance, edge, error, replicas::Replicas};
 
 /// The API routes (and `/test` when enabled), traced and limited, plus the health routes,
 /// untraced and never shed: a probe must see the gateway alive even at capacity.
 ///
 /// A request passes, outermost first: the server span (`HttpServerLayer`), the JSON
 /// envelope for axum's own error answers, the in-flight limit and the request timeout,
-/// the body limit, the handler.
-pub fn router(client: OrderClient, config: &Config, readiness: Readiness) -> Router {
+/// the body limit, the handler. `replicas`: the order-service's, or one client.
+pub fn router(replicas: impl Into<Replicas>, config: &Config, readiness: Readiness) -> Router {
     let mut api = Router::new()
         .route("/api/orders", post(orders::create))
         .route("/api/orders/{id}", get(orders::get))
-        .with_state(client);
+        .with_state(replicas.into());
     if config.w3c_test_endpoint {
         api = api.route(
             "/test",
@@ -55,20 +55,28 @@ pub fn router(client: OrderClient, config: &Config, readiness: Readiness) -> Rou
 pub struct Application {
     listener: TcpListener,
     config: Config,
-    order_service: OrderServiceConnection,
+    /// Each replica's URL and connection, in `ORDER_SERVICE_URL`'s order.
+    order_services: Vec<(String, OrderServiceConnection)>,
 }
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let order_service = proto::client::connect(&config.order_service)
-            .with_context(|| format!("ORDER_SERVICE_URL={}", config.order_service.url))?;
+        let order_services = config
+            .order_services()
+            .into_iter()
+            .map(|replica| {
+                let connection = proto::client::connect(&replica)
+                    .with_context(|| format!("ORDER_SERVICE_URL={}", replica.url))?;
+                Ok((replica.url, connection))
+            })
+            .collect::<anyhow::Result<_>>()?;
         let listener = TcpListener::bind(config.listen_addr)
             .await
             .with_context(|| format!("binding LISTEN_ADDR={}", config.listen_addr))?;
         Ok(Self {
             listener,
             config,
-            order_service,
+            order_services,
         })
     }
 
@@ -83,15 +91,20 @@ impl Application {
     /// and traced.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let readiness = Readiness::default();
-        // Ready while the order-service reports SERVING.
-        let channel = self.order_service.health;
+        // Ready while at least one order-service replica reports SERVING.
+        let channels: Vec<_> = (self.order_services.iter())
+            .map(|(url, connection)| (url.clone(), connection.health.clone()))
+            .collect();
         let watcher = tokio::spawn(health::watch(
             readiness.clone(),
             shutdown.clone(),
-            move || health::grpc_serving(channel.clone(), SERVICE_NAME),
+            move || any_serving(channels.clone()),
             health::unreported,
         ));
-        let app = router(self.order_service.client, &self.config, readiness);
+        let replicas = Replicas::new(
+            (self.order_services.into_iter()).map(|(url, connection)| (url, connection.client)),
+        );
+        let app = router(replicas, &self.config, readiness);
         if self.config.w3c_test_endpoint {
             tracing::warn!(
                 "W3C_TEST_ENDPOINT is on: POST /test sends requests to any URL it is given"
@@ -108,4 +121,19 @@ impl Application {
         tracing::info!("gateway stopped");
         Ok(())
     }
+}
+
+/// `Ok` once one replica reports SERVING; otherwise each replica's reason (with its URL
+/// when there are several).
+async fn any_serving(channels: Vec<(String, tonic::transport::Channel)>) -> Result<(), String> {
+    let several = channels.len() > 1;
+    let mut reasons = Vec::new();
+    for (url, channel) in channels {
+        match health::grpc_serving(channel, SERVICE_NAME).await {
+            Ok(()) => return Ok(()),
+            Err(reason) if several => reasons.push(format!("{url}: {reason}")),
+            Err(reason) => reasons.push(reason),
+        }
+    }
+    Err(reasons.join("; "))
 }

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use proto::client::ClientConfig;
-use settings::{SettingError, Source, millis_or, parse_or, positive_or};
+use settings::{SettingError, Source, check_url, millis_or, parse_or, positive_or, string_or};
 use telemetry::propagation::http::InboundContext;
 
 #[derive(Debug, Clone)]
@@ -12,8 +12,12 @@ pub struct Config {
     /// `LISTEN_ADDR`: the HTTP API (default `0.0.0.0:8080`).
     pub listen_addr: SocketAddr,
     /// `ORDER_SERVICE_*`: where the order-service is and how long a call may take; past
-    /// `ORDER_SERVICE_TIMEOUT_MS` the client gets a 504.
+    /// `ORDER_SERVICE_TIMEOUT_MS` the client gets a 504. `ORDER_SERVICE_URL` may list
+    /// several replicas, comma-separated: the first is here, the others in
+    /// `more_order_services`, each called with these timeouts (see `replicas.rs`).
     pub order_service: ClientConfig,
+    /// The replicas after the first in `ORDER_SERVICE_URL` (default none).
+    pub more_order_services: Vec<String>,
     /// `MAX_BODY_BYTES`: larger request bodies get a 413 (default 16384).
     pub max_body_bytes: usize,
     /// `INBOUND_TRACE_CONTEXT`: `continue` a caller's trace (default), or `restart` it
@@ -45,9 +49,18 @@ pub struct Config {
 
 impl Config {
     pub fn from_env(source: &impl Source) -> Result<Self, SettingError> {
+        let mut replicas = order_service_urls(source)?.into_iter();
+        // The first URL is read (and checked) as the client's own setting, the others
+        // with the same rule; a single URL reads exactly as before.
+        let first = replicas.next();
+        let order_service = ClientConfig::from_source(&|key: &str| match key {
+            "ORDER_SERVICE_URL" => first.clone(),
+            _ => source.get(key),
+        })?;
         Self {
             listen_addr: parse_or(source, "LISTEN_ADDR", ([0, 0, 0, 0], 8080).into())?,
-            order_service: ClientConfig::from_source(source)?,
+            order_service,
+            more_order_services: replicas.collect(),
             max_body_bytes: parse_or(source, "MAX_BODY_BYTES", 16 * 1024)?,
             inbound_trace_context: parse_or(
                 source,
@@ -65,6 +78,16 @@ impl Config {
             max_connections: count_or(source, "MAX_CONNECTIONS", 512)?,
         }
         .checked()
+    }
+
+    /// Every order-service replica's client settings, the first URL first.
+    pub fn order_services(&self) -> Vec<ClientConfig> {
+        std::iter::once(self.order_service.clone())
+            .chain(self.more_order_services.iter().map(|url| ClientConfig {
+                url: url.clone(),
+                ..self.order_service.clone()
+            }))
+            .collect()
     }
 
     /// The rules between settings, each error naming the variable to change.
@@ -94,6 +117,29 @@ impl Config {
     }
 }
 
+/// `ORDER_SERVICE_URL` split at commas, each an http(s) URL, none twice; empty when unset.
+fn order_service_urls(source: &impl Source) -> Result<Vec<String>, SettingError> {
+    const KEY: &str = "ORDER_SERVICE_URL";
+    let value = string_or(source, KEY, "");
+    if value.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut urls: Vec<String> = Vec::new();
+    for url in value.split(',').map(str::trim) {
+        check_url(KEY, url)
+            .map_err(|e| SettingError::new(KEY, &value, format!("{url:?}: {}", e.reason)))?;
+        if urls.iter().any(|seen| seen == url) {
+            return Err(SettingError::new(
+                KEY,
+                &value,
+                format!("{url} is listed twice"),
+            ));
+        }
+        urls.push(url.to_owned());
+    }
+    Ok(urls)
+}
+
 /// A positive count, or `default` when unset.
 fn count_or(source: &impl Source, key: &str, default: usize) -> Result<usize, SettingError> {
     let value = positive_or(source, key, u64::try_from(default).unwrap_or(u64::MAX))?;
@@ -107,6 +153,9 @@ mod tests {
     const BAD: &[(&str, &str)] = &[
         ("LISTEN_ADDR", "8080"),
         ("ORDER_SERVICE_URL", "order-service:50051"),
+        ("ORDER_SERVICE_URL", "http://a:50051,"),
+        ("ORDER_SERVICE_URL", "http://a:50051,b:50051"),
+        ("ORDER_SERVICE_URL", "http://a:50051, http://a:50051"),
         ("ORDER_SERVICE_TIMEOUT_MS", "0"),
         ("MAX_BODY_BYTES", "big"),
         ("INBOUND_TRACE_CONTEXT", "trust"),
@@ -126,6 +175,29 @@ mod tests {
     #[test]
     fn defaults_need_no_variable_and_bad_values_name_theirs() {
         settings::assert_defaults_and_named_errors(|source| Config::from_env(&source), BAD);
+    }
+
+    #[test]
+    fn order_service_url_lists_replicas_each_with_the_same_timeouts() {
+        let source = |k: &str| match k {
+            "ORDER_SERVICE_URL" => Some("http://a:50051, http://b:50052".to_owned()),
+            "ORDER_SERVICE_TIMEOUT_MS" => Some("700".to_owned()),
+            _ => None,
+        };
+        let config = Config::from_env(&source).unwrap();
+        let replicas = config.order_services();
+        let urls: Vec<&str> = replicas.iter().map(|c| c.url.as_str()).collect();
+        assert_eq!(urls, ["http://a:50051", "http://b:50052"]);
+        assert!(
+            replicas
+                .iter()
+                .all(|c| c.request_timeout == Duration::from_millis(700))
+        );
+        let single = Config::from_env(&|_: &str| None).unwrap().order_services();
+        assert_eq!(
+            single,
+            [ClientConfig::from_source(&|_: &str| None).unwrap()]
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - `edge.rs`: the gateway protecting itself: in-flight limit with load shedding,
 //!   request timeout, connection limit, header-read timeout.
 //! - `orders.rs`: the two endpoints. `error.rs`: JSON errors and status mapping.
+//! - `replicas.rs`: the order-service's replicas: round robin, and failover when safe.
 //! - `conformance.rs`: `POST /test` for the W3C Trace Context harness (opt-in).
 
 mod app;
@@ -19,6 +20,8 @@ mod conformance;
 mod edge;
 mod error;
 mod orders;
+pub mod replicas;
 
 pub use app::{Application, router};
 pub use config::Config;
+pub use replicas::Replicas;

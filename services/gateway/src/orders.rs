@@ -7,13 +7,13 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
-use proto::client::OrderClient;
 use proto::order::v1::{CreateOrderRequest, GetOrderRequest, OrderItem, OrderStatus};
 use proto::validation::validate_new_order;
 use serde::Deserialize;
 use serde_json::json;
 
 use crate::error::ApiError;
+use crate::replicas::Replicas;
 
 /// The body of `POST /api/orders`; the items are the contract's own type.
 #[derive(Debug, Deserialize)]
@@ -31,7 +31,7 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
 pub async fn create(
-    State(client): State<OrderClient>,
+    State(order_service): State<Replicas>,
     headers: HeaderMap,
     body: Result<Json<NewOrder>, JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -44,8 +44,7 @@ pub async fn create(
         items: order.items,
         idempotency_key,
     };
-    let created = client
-        .clone()
+    let created = order_service
         .create_order(request)
         .await
         .map_err(|status| match status.code() {
@@ -55,8 +54,7 @@ pub async fn create(
                 "this Idempotency-Key was used for a different order",
             ),
             _ => ApiError::from(status),
-        })?
-        .into_inner();
+        })?;
     let mut response_headers = HeaderMap::new();
     if let Ok(location) = format!("/api/orders/{}", created.order_id).parse() {
         response_headers.insert(header::LOCATION, location);
@@ -103,18 +101,16 @@ fn idempotency_key(headers: &HeaderMap) -> Result<String, ApiError> {
 }
 
 pub async fn get(
-    State(client): State<OrderClient>,
+    State(order_service): State<Replicas>,
     Path(order_id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     // An id that cannot exist is simply not found: no need to ask the order-service.
     if uuid::Uuid::parse_str(&order_id).is_err() {
         return Err(ApiError::not_found(format!("order {order_id} not found")));
     }
-    let order = client
-        .clone()
+    let order = order_service
         .get_order(GetOrderRequest { order_id })
-        .await?
-        .into_inner();
+        .await?;
     let failure_reason = (!order.failure_reason.is_empty()).then_some(&order.failure_reason);
     Ok(Json(json!({
         "order_id": order.order_id,
