@@ -45,7 +45,21 @@ pub fn db_client(system: &'static str, operation: &'static str, collection: &str
         db.operation.name = operation,
         db.collection.name = collection,
         db.query.summary = summary.as_str(),
+        db.namespace = tracing::field::Empty,
+        db.response.status_code = tracing::field::Empty,
+        server.address = tracing::field::Empty,
+        server.port = tracing::field::Empty,
     )
+}
+
+/// Adds to a [`db_client`] span where the database is, for a client/server database:
+/// `db.namespace` (as that system's conventions define it, e.g. PostgreSQL's
+/// `{database}.{schema}`), `server.address` and `server.port`. An embedded database
+/// (SQLite) has none of these.
+pub fn record_db_server(span: &tracing::Span, namespace: &str, address: &str, port: u16) {
+    span.record("db.namespace", namespace);
+    span.record("server.address", address);
+    span.record("server.port", i64::from(port));
 }
 
 /// Marks `span` as failed: status ERROR with a description a person can act on, and
