@@ -84,6 +84,9 @@ mod tests {
             mark_error(&step, "out_of_stock", "out of stock: OOS-1");
             drop(step);
             drop(db_client("sqlite", "INSERT", "orders"));
+            let remote = db_client("postgresql", "UPDATE", "orders");
+            record_db_server(&remote, "orders.public", "db.internal", 5433);
+            drop(remote);
         });
         let spans = service.spans();
         let step = spans.iter().find(|s| s.name == "reserve stock").unwrap();
@@ -120,5 +123,18 @@ mod tests {
             Some("INSERT orders")
         );
         assert_eq!(query.status, Status::Unset);
+        // An embedded database has no server, and the span says none.
+        for absent in ["db.namespace", "server.address", "server.port"] {
+            assert_eq!(attribute(query, absent), None, "{absent}");
+        }
+        let remote = spans.iter().find(|s| s.name == "UPDATE orders").unwrap();
+        for (key, value) in [
+            ("db.system.name", "postgresql"),
+            ("db.namespace", "orders.public"),
+            ("server.address", "db.internal"),
+            ("server.port", "5433"),
+        ] {
+            assert_eq!(attribute(remote, key).as_deref(), Some(value), "{key}");
+        }
     }
 }
