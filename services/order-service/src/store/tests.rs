@@ -52,12 +52,7 @@ impl TestDb {
     async fn sqlite() -> Self {
         let dir = std::env::temp_dir().join(format!("order-store-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut db = Self {
-            store: Store::Sqlite(SqliteStore::open(&dir.join("orders.db")).unwrap()),
-            place: Place::Sqlite(dir),
-        };
-        db.store = db.replica().await;
-        db
+        Self::on(Place::Sqlite(dir)).await
     }
 
     async fn postgres() -> Self {
@@ -71,31 +66,40 @@ impl TestDb {
             .batch_execute(&format!("CREATE SCHEMA {schema}"))
             .await
             .unwrap();
-        let mut db = Self {
-            store: Store::Sqlite(SqliteStore::open(std::path::Path::new(":memory:")).unwrap()),
-            place: Place::Postgres { url, schema },
-        };
-        db.store = db.replica().await;
-        db
+        Self::on(Place::Postgres { url, schema }).await
+    }
+
+    async fn on(place: Place) -> Self {
+        Self {
+            store: open(&place).await,
+            place,
+        }
     }
 
     /// Another store on this database, as a second replica would open it.
     async fn replica(&self) -> Store {
-        match &self.place {
-            Place::Sqlite(dir) => Store::Sqlite(SqliteStore::open(&dir.join("orders.db")).unwrap()),
-            Place::Postgres { url, schema } => {
-                let mut connection = PostgresSettings::parse_url(url).unwrap();
-                connection.options(format!("-c search_path={schema}"));
-                let settings = PostgresSettings {
-                    connection,
-                    max_connections: 4,
-                    connect_timeout: Duration::from_secs(5),
-                };
-                Store::Postgres(PostgresStore::open(&settings).await.unwrap())
-            }
+        open(&self.place).await
+    }
+}
+
+/// A store on the test's database (each call a new one: another replica).
+async fn open(place: &Place) -> Store {
+    match place {
+        Place::Sqlite(dir) => Store::Sqlite(SqliteStore::open(&dir.join("orders.db")).unwrap()),
+        Place::Postgres { url, schema } => {
+            let mut connection = PostgresSettings::parse_url(url).unwrap();
+            connection.options(format!("-c search_path={schema}"));
+            let settings = PostgresSettings {
+                connection,
+                max_connections: 4,
+                connect_timeout: Duration::from_secs(5),
+            };
+            Store::Postgres(PostgresStore::open(&settings).await.unwrap())
         }
     }
+}
 
+impl TestDb {
     async fn execute(&self, sqlite: &'static str, postgres: &'static str) {
         match &self.store {
             Store::Sqlite(s) => s.execute(sqlite).await.unwrap(),
