@@ -31,8 +31,11 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let store = Store::open(&config.database_path)
-            .with_context(|| format!("opening database {}", config.database_path.display()))?;
+        let store = Store::open(&config).await.context(match &config.postgres {
+            Some(_) => "opening the PostgreSQL database (DATABASE_URL)".to_owned(),
+            None => format!("opening database {}", config.database_path.display()),
+        })?;
+        tracing::info!(database = %store.describe(), "orders stored");
         let publisher = EventPublisher::new(&config.kafka).context("creating Kafka producer")?;
         // Not fatal: Kafka may come up later. Events wait in the outbox meanwhile.
         if let Err(error) = events::ensure_topic(&config.kafka).await {
@@ -113,11 +116,11 @@ impl Application {
         self.publisher
             .flush(std::time::Duration::from_secs(5))
             .context("flushing Kafka producer")?;
-        // With the number of orders, how many writes each fsync carried.
-        tracing::info!(
-            database_commits = self.store.commits(),
-            "order-service stopped"
-        );
+        // With the number of orders, how many writes each fsync carried (SQLite).
+        match self.store.commits() {
+            Some(commits) => tracing::info!(database_commits = commits, "order-service stopped"),
+            None => tracing::info!("order-service stopped"),
+        }
         Ok(())
     }
 }

@@ -202,7 +202,7 @@ fn write_groups(connection: &Connection, jobs: &mpsc::Receiver<Job>, commits: &A
 
 fn mark_failed<T, E: std::borrow::Borrow<StoreError>>(span: &tracing::Span, result: &Result<T, E>) {
     if let Err(error) = result
-        && let StoreError::Database(error) = error.borrow()
+        && let StoreError::Sqlite(error) = error.borrow()
     {
         let code = error.sqlite_error_code().map(|c| format!("{c:?}"));
         telemetry::span::mark_error(

@@ -1,5 +1,5 @@
-//! The order-service: stores orders in SQLite and publishes `order.created` events to
-//! Kafka, behind the `order.v1.OrderService` gRPC API.
+//! The order-service: stores orders in SQLite (one replica) or PostgreSQL (several) and
+//! publishes `order.created` events to Kafka, behind the `order.v1.OrderService` gRPC API.
 //!
 //! Its hops in the trace: a SERVER span for each gRPC call (from the gateway's
 //! CreateOrder/GetOrder and the worker's CompleteOrder), database CLIENT spans inside
@@ -10,8 +10,9 @@
 //!
 //! - `config.rs`: settings from the environment.
 //! - `app.rs`: build (bind, open, connect) and run until shutdown.
-//! - `orders.rs`: the gRPC API. `store.rs`: the orders in SQLite. `db.rs`: the
-//!   connections, and group commit of concurrent writes.
+//! - `orders.rs`: the gRPC API. `store/`: the orders, one interface (`mod.rs`) and two
+//!   backends, `sqlite.rs` and `postgres.rs`. `db.rs`: SQLite's connections, and group
+//!   commit of concurrent writes.
 //! - `idempotency.rs`: one order per `Idempotency-Key`.
 //! - `outbox.rs`: the transactional outbox: entry, relay, marking, reconciliation.
 //! - `events.rs`: the Kafka producer and topic.

@@ -185,7 +185,10 @@ fn storage_error(error: StoreError) -> Status {
             Status::failed_precondition(format!("order {id} is already {}", current.as_str_name()))
         }
         StoreError::KeyReused(_) => Status::already_exists(error.to_string()),
-        StoreError::Database(_) | StoreError::Task(_) => {
+        StoreError::Sqlite(_)
+        | StoreError::Postgres(_)
+        | StoreError::Pool(_)
+        | StoreError::Task(_) => {
             tracing::error!(error = %error, source = ?std::error::Error::source(&error), "storage failure");
             Status::unavailable("order storage is unavailable")
         }

@@ -45,7 +45,21 @@ pub fn db_client(system: &'static str, operation: &'static str, collection: &str
         db.operation.name = operation,
         db.collection.name = collection,
         db.query.summary = summary.as_str(),
+        db.namespace = tracing::field::Empty,
+        db.response.status_code = tracing::field::Empty,
+        server.address = tracing::field::Empty,
+        server.port = tracing::field::Empty,
     )
+}
+
+/// Adds to a [`db_client`] span where the database is, for a client/server database:
+/// `db.namespace` (as that system's conventions define it, e.g. PostgreSQL's
+/// `{database}.{schema}`), `server.address` and `server.port`. An embedded database
+/// (SQLite) has none of these.
+pub fn record_db_server(span: &tracing::Span, namespace: &str, address: &str, port: u16) {
+    span.record("db.namespace", namespace);
+    span.record("server.address", address);
+    span.record("server.port", i64::from(port));
 }
 
 /// Marks `span` as failed: status ERROR with a description a person can act on, and
@@ -70,6 +84,9 @@ mod tests {
             mark_error(&step, "out_of_stock", "out of stock: OOS-1");
             drop(step);
             drop(db_client("sqlite", "INSERT", "orders"));
+            let remote = db_client("postgresql", "UPDATE", "orders");
+            record_db_server(&remote, "orders.public", "db.internal", 5433);
+            drop(remote);
         });
         let spans = service.spans();
         let step = spans.iter().find(|s| s.name == "reserve stock").unwrap();
@@ -106,5 +123,18 @@ mod tests {
             Some("INSERT orders")
         );
         assert_eq!(query.status, Status::Unset);
+        // An embedded database has no server, and the span says none.
+        for absent in ["db.namespace", "server.address", "server.port"] {
+            assert_eq!(attribute(query, absent), None, "{absent}");
+        }
+        let remote = spans.iter().find(|s| s.name == "UPDATE orders").unwrap();
+        for (key, value) in [
+            ("db.system.name", "postgresql"),
+            ("db.namespace", "orders.public"),
+            ("server.address", "db.internal"),
+            ("server.port", "5433"),
+        ] {
+            assert_eq!(attribute(remote, key).as_deref(), Some(value), "{key}");
+        }
     }
 }

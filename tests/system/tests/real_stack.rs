@@ -204,6 +204,28 @@ fn check_trace(order: &Order, spans: &[StoredSpan], topic: &str) {
     }
 }
 
+/// The order-service's database spans name the backend it ran on: PostgreSQL when
+/// `STACK_DATABASE_URL` is set (scripts/test runs this test so), SQLite otherwise.
+fn check_database_spans(spans: &[StoredSpan], on_postgres: bool) {
+    for name in ["INSERT orders", "UPDATE orders"] {
+        let span = find(spans, "order-service", name);
+        let attribute = |key: &str| span.attributes.get(key).cloned().unwrap_or_default();
+        if on_postgres {
+            assert_eq!(attribute("db.system.name"), "postgresql", "{name}");
+            // `{database}.{schema}`, as the PostgreSQL conventions define it.
+            assert_eq!(attribute("db.namespace"), "orders.public", "{name}");
+            assert_eq!(attribute("server.address"), "127.0.0.1", "{name}");
+            assert!(
+                !attribute("server.port").is_null(),
+                "{name} has no server.port"
+            );
+        } else {
+            assert_eq!(attribute("db.system.name"), "sqlite", "{name}");
+            assert!(attribute("server.address").is_null(), "{name}");
+        }
+    }
+}
+
 /// The Collector's own span counters (Collector v0.161 names them without `_total`).
 struct CollectorCounters {
     accepted: f64,
@@ -341,6 +363,7 @@ fn every_order_makes_one_complete_trace_in_jaeger_and_no_span_is_lost() {
             std::thread::sleep(Duration::from_millis(200));
         };
         check_trace(order, &spans, &topic);
+        check_database_spans(&spans, stack.database_url.is_some());
         stored_for_orders += spans.len();
     }
     assert_eq!(stored_for_orders, orders.len() * expected_per_trace);

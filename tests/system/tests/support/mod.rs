@@ -173,6 +173,7 @@ pub fn order_service_config(
         listen_addr,
         health_addr: "127.0.0.1:0".parse().unwrap(),
         database_path: data_dir.join("orders.db"),
+        postgres: None,
         kafka: order_service::config::KafkaConfig {
             bootstrap_servers: bootstrap.to_owned(),
             topic: TOPIC.into(),

@@ -23,6 +23,9 @@ pub struct StackEnv {
     pub jaeger: String,
     /// Where `scripts/stack` keeps its pids and logs.
     pub run_dir: PathBuf,
+    /// `STACK_DATABASE_URL`, if set: the order-service keeps its orders in this
+    /// PostgreSQL (`DATABASE_URL`) instead of a SQLite file.
+    pub database_url: Option<String>,
 }
 
 impl StackEnv {
@@ -42,6 +45,7 @@ impl StackEnv {
             ),
             jaeger: format!("http://127.0.0.1:{}", port("STACK_JAEGER_QUERY_PORT")),
             run_dir: PathBuf::from(port("STACK_RUN_DIR")),
+            database_url: std::env::var("STACK_DATABASE_URL").ok(),
         }
     }
 }
@@ -266,6 +270,9 @@ impl Services {
             ("KAFKA_BOOTSTRAP_SERVERS", stack.kafka.clone()),
             ("KAFKA_TOPIC", topic.clone()),
         ]);
+        if let Some(url) = &stack.database_url {
+            order_env.push(("DATABASE_URL", url.clone()));
+        }
         let mut worker_env = telemetry("http/protobuf", &stack.collector_http);
         worker_env.extend([
             ("HEALTH_ADDR", worker_health.clone()),
