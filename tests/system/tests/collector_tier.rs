@@ -3,7 +3,10 @@
 //! gateway Collectors, where tail sampling keeps every failed trace, every slow trace and a
 //! percentage of the rest. Checked through Jaeger's API: every failed and every slow order's
 //! trace is there and complete; of the ordinary ones about the configured percentage is
-//! there, each complete (never a partial trace); and both gateways took part.
+//! there, each complete (never a partial trace); and both gateways took part. The agent's
+//! metrics reach the stack's Prometheus: the RED metrics it derives from every span, before
+//! sampling, count every order (not only the kept traces), and the services' own metrics
+//! arrive through it.
 //!
 //! `scripts/test` starts the stack and the tier (`scripts/stack start collector-tier`) and
 //! exports the tier's ports and its TAIL_SAMPLING_* settings, which this test reads; a plain
@@ -15,6 +18,7 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,6 +59,8 @@ struct Tier {
     agent_http: String,
     agent_metrics: String,
     gateway_metrics: [String; 2],
+    /// The stack's Prometheus, where the agent sends metrics.
+    prometheus: String,
     percentage: f64,
     threshold: Duration,
 }
@@ -77,6 +83,7 @@ impl Tier {
                     port(&format!("STACK_TIER_GATEWAY_{n}_METRICS_PORT"))
                 )
             }),
+            prometheus: format!("http://{}", port("STACK_PROMETHEUS_PORT")),
             percentage: var("TAIL_SAMPLING_PERCENTAGE").parse().unwrap(),
             threshold: Duration::from_millis(
                 var("TAIL_SAMPLING_LATENCY_THRESHOLD_MS").parse().unwrap(),
@@ -99,6 +106,11 @@ struct Counters {
     /// Gateways: spans sent to Jaeger.
     sent: f64,
     send_failed: f64,
+    /// Agent: the services' metric points it took in or refused, and the points it failed to
+    /// send to Prometheus (the services' own and span_metrics' alike).
+    metric_points_accepted: f64,
+    metric_points_refused: f64,
+    metric_points_send_failed: f64,
 }
 
 impl std::ops::Sub for Counters {
@@ -113,6 +125,9 @@ impl std::ops::Sub for Counters {
             dropped_too_early: self.dropped_too_early - b.dropped_too_early,
             sent: self.sent - b.sent,
             send_failed: self.send_failed - b.send_failed,
+            metric_points_accepted: self.metric_points_accepted - b.metric_points_accepted,
+            metric_points_refused: self.metric_points_refused - b.metric_points_refused,
+            metric_points_send_failed: self.metric_points_send_failed - b.metric_points_send_failed,
         }
     }
 }
@@ -148,6 +163,9 @@ fn read_counters(runtime: &tokio::runtime::Runtime, http: &reqwest::Client, url:
         dropped_too_early: sum(&format!("{SAMPLER}sampling_trace_dropped_too_early"), ""),
         sent: sum("otelcol_exporter_sent_spans", ""),
         send_failed: sum("otelcol_exporter_send_failed_spans", ""),
+        metric_points_accepted: sum("otelcol_receiver_accepted_metric_points", ""),
+        metric_points_refused: sum("otelcol_receiver_refused_metric_points", ""),
+        metric_points_send_failed: sum("otelcol_exporter_send_failed_metric_points", ""),
     }
 }
 
@@ -160,6 +178,43 @@ fn metric_sum(metrics: &str, name: &str, label: &str) -> f64 {
         .filter(|line| line.contains(label))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// A PromQL instant query against Prometheus' HTTP API: each series' value by the series'
+/// `label` (`sum by (label)` in the query makes that one series per value).
+fn prometheus_by(
+    runtime: &tokio::runtime::Runtime,
+    http: &reqwest::Client,
+    prometheus: &str,
+    label: &str,
+    promql: &str,
+) -> BTreeMap<String, f64> {
+    let url =
+        reqwest::Url::parse_with_params(&format!("{prometheus}/api/v1/query"), [("query", promql)])
+            .unwrap();
+    let answer: Value = runtime.block_on(async {
+        http.get(url.clone())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e}"))
+            .json()
+            .await
+            .unwrap()
+    });
+    assert_eq!(answer["status"], "success", "{promql}: {answer}");
+    answer["data"]["result"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|series| {
+            let key = series["metric"][label]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let value = series["value"][1].as_str().unwrap().parse().unwrap();
+            (key, value)
+        })
+        .collect()
 }
 
 /// ln P(X = k) for X ~ Binomial(n, p), 0 < p < 1.
@@ -336,7 +391,11 @@ fn the_tier_keeps_every_failed_and_slow_trace_and_the_configured_share_of_the_re
             (agent.accepted >= expected_spans_total).then_some(())
         },
     );
-    let (topic, dir) = (services.topic.clone(), services.dir.clone());
+    let (topic, dir, services_run_id) = (
+        services.topic.clone(),
+        services.dir.clone(),
+        services.run_id.clone(),
+    );
     let recorded = services.stop() as f64;
     let _ = std::fs::remove_dir_all(dir);
     assert_eq!(
@@ -407,6 +466,85 @@ fn the_tier_keeps_every_failed_and_slow_trace_and_the_configured_share_of_the_re
         sent,
         kept_total * ORDER_SPANS as f64,
         "spans the gateways sent to Jaeger"
+    );
+
+    // Metrics through the agent, in the stack's Prometheus; this run's series carry its
+    // service.instance.id as `instance`. The RED metrics count every order, kept or not:
+    // the agent derives them before the gateways sample.
+    let run = services_run_id.as_str();
+    let orders = kinds.len() as f64;
+    let failed = FAILED_ORDERS as f64;
+    // So the counts below include traces the gateways dropped (at 20 % with 320 orders the
+    // chance of keeping all is nil).
+    assert!(
+        kept_total < orders,
+        "the gateways kept every trace: nothing to tell apart"
+    );
+    let calls = |matchers: &str| {
+        format!(r#"traces_span_metrics_calls_total{{instance="{run}"{matchers}}}"#)
+    };
+    let checks = [
+        (
+            "span_name",
+            format!(
+                r#"sum by (span_name) ({})"#,
+                calls(r#", service_name="gateway", span_kind="SPAN_KIND_SERVER""#)
+            ),
+            BTreeMap::from([("POST /api/orders".to_owned(), orders)]),
+        ),
+        (
+            "span_name",
+            format!(
+                r#"sum by (span_name) ({})"#,
+                calls(r#", status_code="STATUS_CODE_ERROR""#)
+            ),
+            BTreeMap::from([("charge payment".to_owned(), failed)]),
+        ),
+        (
+            "span_name",
+            format!(
+                r#"sum by (span_name) (traces_span_metrics_duration_milliseconds_count{{instance="{run}", span_kind="SPAN_KIND_CONSUMER"}})"#
+            ),
+            BTreeMap::from([(format!("process {topic}"), orders)]),
+        ),
+        // The services' own metrics (their meter providers' OTLP), through the agent too.
+        (
+            "job",
+            format!(r#"sum by (job) (app_orders_created_total{{instance="{run}"}})"#),
+            BTreeMap::from([("order-service".to_owned(), orders)]),
+        ),
+    ];
+    for (label, promql, want) in &checks {
+        let mut last = BTreeMap::new();
+        wait_for(
+            &format!("Prometheus: {promql} = {want:?}"),
+            support::native::WAIT,
+            || {
+                let seen = prometheus_by(&runtime, &http, &tier.prometheus, label, promql);
+                if seen != last {
+                    println!("Prometheus: {promql} = {seen:?}");
+                    last = seen.clone();
+                }
+                (&seen == want).then_some(())
+            },
+        );
+    }
+    let agent_metrics = read_counters(&runtime, &http, &tier.agent_metrics) - agent_before;
+    assert!(
+        agent_metrics.metric_points_accepted > 0.0,
+        "the agent took in none of the services' metric points: {agent_metrics:?}"
+    );
+    assert_eq!(
+        agent_metrics.metric_points_refused, 0.0,
+        "the agent refused metric points"
+    );
+    assert_eq!(
+        agent_metrics.metric_points_send_failed, 0.0,
+        "the agent failed to send metric points to Prometheus"
+    );
+    println!(
+        "agent RED metrics: {orders} POST /api/orders calls and {failed} charge payment errors \
+         counted, every order, while the gateways kept {kept_total} of {orders} traces"
     );
 
     let mut ordinary_kept_short = 0u64;
@@ -484,4 +622,58 @@ fn binomial_bounds_match_known_tails() {
         low < 60 && 60 < high && high - 60 > 60 - low,
         "({low}, {high})"
     );
+}
+
+fn repo_yaml(path: &str) -> serde_yaml_ng::Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The agent's span_metrics must be the single Collector's: the same names, units, buckets
+/// and dimensions, or Jaeger's Monitor tab, PromQL and scripts/red read other series in the
+/// tier than in compose. The two files keep a copy each (otel-collector.yaml stands alone,
+/// as docker compose mounts it), and this test is what keeps the copies one.
+#[test]
+fn the_agent_derives_red_metrics_as_the_single_collector_does() {
+    let single = repo_yaml("otel-collector.yaml");
+    let agent = repo_yaml("collector/agent.yaml");
+    let span_metrics = |config: &serde_yaml_ng::Value| config["connectors"]["span_metrics"].clone();
+    assert!(
+        span_metrics(&single).is_mapping(),
+        "otel-collector.yaml has no span_metrics connector"
+    );
+    assert_eq!(
+        span_metrics(&agent),
+        span_metrics(&single),
+        "collector/agent.yaml's span_metrics differs from otel-collector.yaml's"
+    );
+    // Where each sends metrics: Prometheus' OTLP receiver, under the same variable.
+    let prometheus = |config: &serde_yaml_ng::Value| {
+        config["exporters"]["otlp_http/prometheus"]["endpoint"]
+            .as_str()
+            .map(|endpoint| endpoint.split(":-").next().unwrap_or_default().to_owned())
+    };
+    assert_eq!(
+        prometheus(&agent),
+        Some("${env:PROMETHEUS_OTLP_ENDPOINT".to_owned())
+    );
+    assert_eq!(prometheus(&agent), prometheus(&single));
+
+    // The agent derives RED from every span it receives (the traces pipeline, before any
+    // sampling) and sends them with the services' own metrics.
+    let pipeline = |name: &str, part: &str| -> Vec<String> {
+        agent["service"]["pipelines"][name][part]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("agent pipeline {name} has no {part}"))
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(pipeline("traces", "exporters").contains(&"span_metrics".to_owned()));
+    assert_eq!(pipeline("metrics", "receivers"), ["otlp", "span_metrics"]);
+    assert_eq!(pipeline("metrics", "exporters"), ["otlp_http/prometheus"]);
+    assert_eq!(pipeline("metrics", "processors")[0], "memory_limiter");
 }
