@@ -109,9 +109,10 @@ class RenderedOverlays(unittest.TestCase):
         self.assert_named(objects, "Deployment/worker: no PodDisruptionBudget")
 
     def test_sqlite_means_one_replica(self):
-        objects = self.overlay()
+        # The local overlay keeps the order-service on SQLite (production puts it on PostgreSQL).
+        objects = self.overlay("local")
         find(objects, "Deployment", "order-service")["spec"]["replicas"] = 2
-        self.assert_named(objects, "Deployment/order-service: owns the ReadWriteOnce volume order-service-data, so one replica")
+        self.assert_named(objects, "Deployment/order-service: owns the ReadWriteOnce volume order-service-data, so one replica", "local")
         objects = self.overlay()
         find(objects, "Deployment", "jaeger")["spec"]["strategy"] = {"type": "RollingUpdate"}
         self.assert_named(objects, "strategy must be Recreate")
