@@ -23,8 +23,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use support::collector::SelfMetrics;
 use support::jaeger::StoredSpan;
 use support::native::{Services, StackEnv, fetch_trace, http_client};
+use support::order_trace::{self, ORDER_SPANS};
+use support::prometheus::Prometheus;
 use support::wait_for;
 
 /// Orders of each kind, placed interleaved. The ordinary ones make the sample whose kept
@@ -36,8 +39,6 @@ const SLOW_ORDERS: usize = 10;
 const MIN_SAMPLE: u64 = 100;
 /// Orders in flight at once.
 const CONCURRENCY: usize = 16;
-/// Spans of one order's trace (README's tree), failed or not: the failed step is red.
-const ORDER_SPANS: usize = 11;
 /// Every bound below holds with probability at least 1 - 2 x this.
 const FALSE_FAILURE_PER_TAIL: f64 = 5e-7;
 /// Time for the tier to take, decide and store everything once the services have stopped:
@@ -133,20 +134,8 @@ impl std::ops::Sub for Counters {
 }
 
 fn read_counters(runtime: &tokio::runtime::Runtime, http: &reqwest::Client, url: &str) -> Counters {
-    let metrics = runtime.block_on(async {
-        http.get(url)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{url}: {e}"))
-            .text()
-            .await
-            .unwrap()
-    });
-    assert!(
-        metrics.contains("otelcol_process_uptime"),
-        "not a Collector's metrics at {url}:\n{metrics}"
-    );
-    let sum = |name: &str, label: &str| metric_sum(&metrics, name, label);
+    let metrics = SelfMetrics::read(runtime, http, url);
+    let sum = |name: &str, label: &str| metrics.sum(name, label);
     const SAMPLER: &str = "otelcol_processor_tail_sampling_";
     Counters {
         accepted: sum("otelcol_receiver_accepted_spans", ""),
@@ -167,54 +156,6 @@ fn read_counters(runtime: &tokio::runtime::Runtime, http: &reqwest::Client, url:
         metric_points_refused: sum("otelcol_receiver_refused_metric_points", ""),
         metric_points_send_failed: sum("otelcol_exporter_send_failed_metric_points", ""),
     }
-}
-
-/// Sums a counter from a Collector's Prometheus metrics over the label sets that contain
-/// `label` (`""` for all).
-fn metric_sum(metrics: &str, name: &str, label: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
-        .filter(|line| line.contains(label))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// A PromQL instant query against Prometheus' HTTP API: each series' value by the series'
-/// `label` (`sum by (label)` in the query makes that one series per value).
-fn prometheus_by(
-    runtime: &tokio::runtime::Runtime,
-    http: &reqwest::Client,
-    prometheus: &str,
-    label: &str,
-    promql: &str,
-) -> BTreeMap<String, f64> {
-    let url =
-        reqwest::Url::parse_with_params(&format!("{prometheus}/api/v1/query"), [("query", promql)])
-            .unwrap();
-    let answer: Value = runtime.block_on(async {
-        http.get(url.clone())
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{url}: {e}"))
-            .json()
-            .await
-            .unwrap()
-    });
-    assert_eq!(answer["status"], "success", "{promql}: {answer}");
-    answer["data"]["result"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|series| {
-            let key = series["metric"][label]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            let value = series["value"][1].as_str().unwrap().parse().unwrap();
-            (key, value)
-        })
-        .collect()
 }
 
 /// ln P(X = k) for X ~ Binomial(n, p), 0 < p < 1.
@@ -244,48 +185,6 @@ fn binomial_bounds(n: u64, p: f64, tail: f64) -> (u64, u64) {
         high -= 1;
     }
     (low, high)
-}
-
-/// The spans an order's trace holds: (service, name, kind) → count; the same for a failed
-/// or a slow order (real_stack.rs checks the tree of an ordinary one in detail).
-fn expected_spans(topic: &str) -> BTreeMap<(String, String, String), usize> {
-    let send = format!("send {topic}");
-    let process = format!("process {topic}");
-    let rows = [
-        ("gateway", "POST /api/orders", "SERVER"),
-        ("gateway", "order.v1.OrderService/CreateOrder", "CLIENT"),
-        (
-            "order-service",
-            "order.v1.OrderService/CreateOrder",
-            "SERVER",
-        ),
-        ("order-service", "INSERT orders", "CLIENT"),
-        ("order-service", send.as_str(), "PRODUCER"),
-        ("order-service", "UPDATE orders", "CLIENT"),
-        ("worker", process.as_str(), "CONSUMER"),
-        ("worker", "reserve stock", "INTERNAL"),
-        ("worker", "charge payment", "INTERNAL"),
-        ("worker", "order.v1.OrderService/CompleteOrder", "CLIENT"),
-        (
-            "order-service",
-            "order.v1.OrderService/CompleteOrder",
-            "SERVER",
-        ),
-    ];
-    assert_eq!(rows.len(), ORDER_SPANS);
-    rows.iter()
-        .map(|(s, n, k)| ((s.to_string(), n.to_string(), k.to_string()), 1))
-        .collect()
-}
-
-fn shape(spans: &[StoredSpan]) -> BTreeMap<(String, String, String), usize> {
-    let mut shape = BTreeMap::new();
-    for s in spans {
-        *shape
-            .entry((s.service.clone(), s.name.clone(), s.kind.clone()))
-            .or_default() += 1;
-    }
-    shape
 }
 
 /// First span's start to last span's end, as the latency policy measures a trace.
@@ -442,7 +341,7 @@ fn the_tier_keeps_every_failed_and_slow_trace_and_the_configured_share_of_the_re
 
     // Jaeger holds exactly the kept traces, each whole. Jaeger batches before storing, so
     // wait until it has as many of these traces as the gateways kept.
-    let expected = expected_spans(&topic);
+    let expected = order_trace::expected(&topic);
     let traces: Vec<Vec<StoredSpan>> =
         wait_for("Jaeger to hold every kept trace, whole", SETTLE, || {
             let traces: Vec<Vec<StoredSpan>> = runtime.block_on(async {
@@ -483,46 +382,45 @@ fn the_tier_keeps_every_failed_and_slow_trace_and_the_configured_share_of_the_re
     let calls = |matchers: &str| {
         format!(r#"traces_span_metrics_calls_total{{instance="{run}"{matchers}}}"#)
     };
+    // (label, expression, what `sum by (label)` of it must be)
     let checks = [
         (
             "span_name",
-            format!(
-                r#"sum by (span_name) ({})"#,
-                calls(r#", service_name="gateway", span_kind="SPAN_KIND_SERVER""#)
-            ),
+            calls(r#", service_name="gateway", span_kind="SPAN_KIND_SERVER""#),
             BTreeMap::from([("POST /api/orders".to_owned(), orders)]),
         ),
         (
             "span_name",
-            format!(
-                r#"sum by (span_name) ({})"#,
-                calls(r#", status_code="STATUS_CODE_ERROR""#)
-            ),
+            calls(r#", status_code="STATUS_CODE_ERROR""#),
             BTreeMap::from([("charge payment".to_owned(), failed)]),
         ),
         (
             "span_name",
             format!(
-                r#"sum by (span_name) (traces_span_metrics_duration_milliseconds_count{{instance="{run}", span_kind="SPAN_KIND_CONSUMER"}})"#
+                r#"traces_span_metrics_duration_milliseconds_count{{instance="{run}", span_kind="SPAN_KIND_CONSUMER"}}"#
             ),
             BTreeMap::from([(format!("process {topic}"), orders)]),
         ),
         // The services' own metrics (their meter providers' OTLP), through the agent too.
         (
             "job",
-            format!(r#"sum by (job) (app_orders_created_total{{instance="{run}"}})"#),
+            format!(r#"app_orders_created_total{{instance="{run}"}}"#),
             BTreeMap::from([("order-service".to_owned(), orders)]),
         ),
     ];
+    let prometheus = Prometheus {
+        url: tier.prometheus.clone(),
+        http: http.clone(),
+    };
     for (label, promql, want) in &checks {
         let mut last = BTreeMap::new();
         wait_for(
-            &format!("Prometheus: {promql} = {want:?}"),
+            &format!("Prometheus: sum by ({label}) ({promql}) = {want:?}"),
             support::native::WAIT,
             || {
-                let seen = prometheus_by(&runtime, &http, &tier.prometheus, label, promql);
+                let seen = runtime.block_on(prometheus.by(label, promql));
                 if seen != last {
-                    println!("Prometheus: {promql} = {seen:?}");
+                    println!("Prometheus: sum by ({label}) ({promql}) = {seen:?}");
                     last = seen.clone();
                 }
                 (&seen == want).then_some(())
@@ -554,7 +452,11 @@ fn the_tier_keeps_every_failed_and_slow_trace_and_the_configured_share_of_the_re
             assert_eq!(*kind, Kind::Ordinary, "{kind:?} trace {id} was not kept");
             continue;
         }
-        assert_eq!(shape(spans), expected, "{kind:?} trace {id} is not whole");
+        assert_eq!(
+            order_trace::shape(spans),
+            expected,
+            "{kind:?} trace {id} is not whole"
+        );
         let red: Vec<&str> = spans
             .iter()
             .filter(|s| s.is_error)

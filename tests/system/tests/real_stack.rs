@@ -15,57 +15,17 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
+use support::collector::SelfMetrics;
 use support::jaeger::{StoredSpan, parse};
 use support::native::{
     Order, Services, StackEnv, WAIT, fetch_trace, place_order, wait_until_final,
 };
+use support::order_trace;
 
 const SEQUENTIAL_ORDERS: usize = 20;
 const BURST_ORDERS: usize = 200;
 /// The exporter in otel-collector.yaml that sends to Jaeger.
 const JAEGER_EXPORTER: &str = r#"exporter="otlp_grpc/jaeger""#;
-
-/// The spans every order's trace must hold: (service, name, kind) → count.
-fn expected_spans(topic: &str) -> BTreeMap<(String, String, String), usize> {
-    let rows = [
-        ("gateway", "POST /api/orders", "SERVER", 1),
-        ("gateway", "order.v1.OrderService/CreateOrder", "CLIENT", 1),
-        (
-            "order-service",
-            "order.v1.OrderService/CreateOrder",
-            "SERVER",
-            1,
-        ),
-        ("order-service", "INSERT orders", "CLIENT", 1),
-        // Sent by the outbox relay (its bookkeeping is untraced), in the order's trace.
-        ("order-service", &format!("send {topic}"), "PRODUCER", 1),
-        // Recording the outcome.
-        ("order-service", "UPDATE orders", "CLIENT", 1),
-        ("worker", &format!("process {topic}"), "CONSUMER", 1),
-        ("worker", "reserve stock", "INTERNAL", 1),
-        ("worker", "charge payment", "INTERNAL", 1),
-        ("worker", "order.v1.OrderService/CompleteOrder", "CLIENT", 1),
-        (
-            "order-service",
-            "order.v1.OrderService/CompleteOrder",
-            "SERVER",
-            1,
-        ),
-    ];
-    rows.iter()
-        .map(|(s, n, k, c)| ((s.to_string(), n.to_string(), k.to_string()), *c))
-        .collect()
-}
-
-fn shape(spans: &[StoredSpan]) -> BTreeMap<(String, String, String), usize> {
-    let mut shape = BTreeMap::new();
-    for s in spans {
-        *shape
-            .entry((s.service.clone(), s.name.clone(), s.kind.clone()))
-            .or_default() += 1;
-    }
-    shape
-}
 
 fn find<'a>(spans: &'a [StoredSpan], service: &str, name: &str) -> &'a StoredSpan {
     spans
@@ -77,8 +37,8 @@ fn find<'a>(spans: &'a [StoredSpan], service: &str, name: &str) -> &'a StoredSpa
 /// Everything one order's trace must show.
 fn check_trace(order: &Order, spans: &[StoredSpan], topic: &str) {
     assert_eq!(
-        shape(spans),
-        expected_spans(topic),
+        order_trace::shape(spans),
+        order_trace::expected(topic),
         "trace {} has the wrong spans",
         order.trace_id
     );
@@ -236,42 +196,14 @@ struct CollectorCounters {
 
 impl CollectorCounters {
     fn read(runtime: &tokio::runtime::Runtime, http: &reqwest::Client, stack: &StackEnv) -> Self {
-        let metrics = runtime.block_on(async {
-            http.get(&stack.collector_metrics)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap()
-        });
-        let counters = Self {
-            accepted: metric_sum(&metrics, "otelcol_receiver_accepted_spans", ""),
-            refused: metric_sum(&metrics, "otelcol_receiver_refused_spans", ""),
-            sent: metric_sum(&metrics, "otelcol_exporter_sent_spans", JAEGER_EXPORTER),
-            send_failed: metric_sum(
-                &metrics,
-                "otelcol_exporter_send_failed_spans",
-                JAEGER_EXPORTER,
-            ),
-        };
-        assert!(
-            metrics.contains("otelcol_process_uptime"),
-            "not the Collector's metrics:\n{metrics}"
-        );
-        counters
+        let metrics = SelfMetrics::read(runtime, http, &stack.collector_metrics);
+        Self {
+            accepted: metrics.sum("otelcol_receiver_accepted_spans", ""),
+            refused: metrics.sum("otelcol_receiver_refused_spans", ""),
+            sent: metrics.sum("otelcol_exporter_sent_spans", JAEGER_EXPORTER),
+            send_failed: metrics.sum("otelcol_exporter_send_failed_spans", JAEGER_EXPORTER),
+        }
     }
-}
-
-/// Sums a counter from the Collector's Prometheus metrics over the label sets that
-/// contain `label` (`""` for all).
-fn metric_sum(metrics: &str, name: &str, label: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|line| line.starts_with(name) && line[name.len()..].starts_with(['{', ' ']))
-        .filter(|line| line.contains(label))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// `2026-11-24T09:30:00Z`, as Jaeger's search wants its time bounds.
@@ -343,7 +275,7 @@ fn every_order_makes_one_complete_trace_in_jaeger_and_no_span_is_lost() {
     let recorded = services.stop();
 
     // Every order: one complete trace, as Jaeger stored it.
-    let expected_per_trace: usize = expected_spans(&topic).values().sum();
+    let expected_per_trace: usize = order_trace::expected(&topic).values().sum();
     let mut stored_for_orders = 0;
     for order in &orders {
         let deadline = Instant::now() + WAIT;
@@ -358,7 +290,7 @@ fn every_order_makes_one_complete_trace_in_jaeger_and_no_span_is_lost() {
                 "trace {} (order {}) incomplete in Jaeger after {WAIT:?}: {:?}",
                 order.trace_id,
                 order.id,
-                shape(&spans)
+                order_trace::shape(&spans)
             );
             std::thread::sleep(Duration::from_millis(200));
         };

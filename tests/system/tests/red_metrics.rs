@@ -17,10 +17,11 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::native::{Order, Services, StackEnv, WAIT, wait_until_final};
+use support::prometheus::Prometheus;
 
 /// Per round: orders that are fulfilled, fail on stock, fail on payment.
 const FULFILLED: usize = 6;
@@ -79,87 +80,6 @@ async fn place(http: &reqwest::Client, gateway: &str, kind: Kind, n: usize) -> O
 /// `url?k=v&…`, percent-encoded.
 fn with_params(url: &str, params: &[(&str, &str)]) -> reqwest::Url {
     reqwest::Url::parse_with_params(url, params).unwrap()
-}
-
-/// Prometheus' HTTP API.
-struct Prometheus {
-    url: String,
-    http: reqwest::Client,
-}
-
-impl Prometheus {
-    /// An instant query: each series' labels and value.
-    async fn query(&self, promql: &str) -> Vec<(BTreeMap<String, String>, f64)> {
-        let answer: Value = self
-            .http
-            .get(with_params(
-                &format!("{}/api/v1/query", self.url),
-                &[("query", promql)],
-            ))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(answer["status"], "success", "{promql}: {answer}");
-        answer["data"]["result"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|series| {
-                let labels = series["metric"]
-                    .as_object()
-                    .unwrap()
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
-                    .collect();
-                let value = series["value"][1].as_str().unwrap().parse().unwrap();
-                (labels, value)
-            })
-            .collect()
-    }
-
-    /// `sum by (label) (...)` as a map from the label's value.
-    async fn by(&self, label: &str, promql: &str) -> BTreeMap<String, f64> {
-        self.query(&format!("sum by ({label}) ({promql})"))
-            .await
-            .into_iter()
-            .map(|(labels, value)| (labels.get(label).cloned().unwrap_or_default(), value))
-            .collect()
-    }
-
-    /// The trace ids of the exemplars kept for a query over the last `window`.
-    async fn exemplar_trace_ids(&self, promql: &str, window: Duration) -> Vec<String> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-        let answer: Value = self
-            .http
-            .get(with_params(
-                &format!("{}/api/v1/query_exemplars", self.url),
-                &[
-                    ("query", promql),
-                    ("start", &(now - window).as_secs().to_string()),
-                    (
-                        "end",
-                        &(now + Duration::from_secs(60)).as_secs().to_string(),
-                    ),
-                ],
-            ))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert_eq!(answer["status"], "success", "{promql}: {answer}");
-        answer["data"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|series| series["exemplars"].as_array().unwrap().iter())
-            .filter_map(|e| e["labels"]["trace_id"].as_str().map(str::to_owned))
-            .collect()
-    }
 }
 
 /// Polls `probe` until it returns `Ok`, for at most `WAIT`; past that, fails with the

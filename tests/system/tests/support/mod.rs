@@ -4,8 +4,11 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 pub mod client;
+pub mod collector;
 pub mod jaeger;
 pub mod native;
+pub mod order_trace;
+pub mod prometheus;
 pub mod spans;
 
 use std::net::SocketAddr;
