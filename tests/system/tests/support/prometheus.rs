@@ -13,20 +13,23 @@ pub struct Prometheus {
 }
 
 impl Prometheus {
-    /// An instant query: each series' labels and value.
-    pub async fn query(&self, promql: &str) -> Vec<(BTreeMap<String, String>, f64)> {
-        let answer: Value = self
-            .http
-            .get(
-                Url::parse_with_params(&format!("{}/api/v1/query", self.url), &[("query", promql)])
-                    .unwrap(),
-            )
+    /// `GET /api/v1/{endpoint}?{params}`, its JSON answer.
+    async fn get(&self, endpoint: &str, params: &[(&str, &str)]) -> Value {
+        let url =
+            Url::parse_with_params(&format!("{}/api/v1/{endpoint}", self.url), params).unwrap();
+        self.http
+            .get(url.clone())
             .send()
             .await
-            .unwrap_or_else(|e| panic!("Prometheus at {}: {e}", self.url))
+            .unwrap_or_else(|e| panic!("{url}: {e}"))
             .json()
             .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("{url}: {e}"))
+    }
+
+    /// An instant query: each series' labels and value.
+    pub async fn query(&self, promql: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+        let answer = self.get("query", &[("query", promql)]).await;
         assert_eq!(answer["status"], "success", "{promql}: {answer}");
         answer["data"]["result"]
             .as_array()
@@ -57,28 +60,14 @@ impl Prometheus {
     /// The trace ids of the exemplars kept for a query over the last `window`.
     pub async fn exemplar_trace_ids(&self, promql: &str, window: Duration) -> Vec<String> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-        let answer: Value = self
-            .http
+        let start = (now - window).as_secs().to_string();
+        let end = (now + Duration::from_secs(60)).as_secs().to_string();
+        let answer = self
             .get(
-                Url::parse_with_params(
-                    &format!("{}/api/v1/query_exemplars", self.url),
-                    &[
-                        ("query", promql),
-                        ("start", &(now - window).as_secs().to_string()),
-                        (
-                            "end",
-                            &(now + Duration::from_secs(60)).as_secs().to_string(),
-                        ),
-                    ],
-                )
-                .unwrap(),
+                "query_exemplars",
+                &[("query", promql), ("start", &start), ("end", &end)],
             )
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("Prometheus at {}: {e}", self.url))
-            .json()
-            .await
-            .unwrap();
+            .await;
         assert_eq!(answer["status"], "success", "{promql}: {answer}");
         answer["data"]
             .as_array()
