@@ -6,10 +6,12 @@
 //!
 //! - traced: the defaults (parent-based always-on sampler, OTLP/HTTP to a Collector
 //!   stand-in in a process of its own, so its work is not counted);
+//! - recorded: spans made and ended as traced, but `OTEL_TRACES_EXPORTER=none`: what the
+//!   `tracing` bridge and the SDK cost before any export (batching, OTLP encoding, sending);
 //! - untraced: `OTEL_TRACES_SAMPLER=always_off`, `OTEL_TRACES_EXPORTER=none`.
 //!
 //! The figure is the process's CPU time (every thread: the batch processor's export
-//! included, up to the final flush) per request, A B A B. Run it with
+//! included, up to the final flush) per request, A B C A B C. Run it with
 //! `cargo bench -p telemetry --bench span_cost` (`SPAN_COST_REQUESTS`, default 200000).
 
 // A measurement program: a set-up that fails should stop it loudly, with the reason.
@@ -69,12 +71,18 @@ fn compare() {
             .env("SPAN_COST_REQUESTS", requests.to_string())
             .env("OTEL_METRICS_EXPORTER", "none")
             .env("RUST_LOG", "warn");
-        if variant == "traced" {
-            command.env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint);
-        } else {
-            command
-                .env("OTEL_TRACES_SAMPLER", "always_off")
-                .env("OTEL_TRACES_EXPORTER", "none");
+        match variant {
+            "traced" => {
+                command.env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint);
+            }
+            "recorded" => {
+                command.env("OTEL_TRACES_EXPORTER", "none");
+            }
+            _ => {
+                command
+                    .env("OTEL_TRACES_SAMPLER", "always_off")
+                    .env("OTEL_TRACES_EXPORTER", "none");
+            }
         }
         let output = command.output().expect("run a variant");
         let text = String::from_utf8_lossy(&output.stdout);
@@ -85,33 +93,39 @@ fn compare() {
             )
         })
     };
-    let mut traced = Vec::new();
-    let mut untraced = Vec::new();
+    const VARIANTS: [(&str, &str); 3] = [
+        ("traced", "traced, exported over OTLP/HTTP"),
+        ("recorded", "recorded, not exported"),
+        ("untraced", "untraced"),
+    ];
+    let mut runs: [Vec<f64>; 3] = Default::default();
     for _ in 0..2 {
-        traced.push(run("traced"));
-        untraced.push(run("untraced"));
+        for ((variant, _), figures) in VARIANTS.iter().zip(runs.iter_mut()) {
+            figures.push(run(variant));
+        }
     }
     let _ = collector.kill();
     let _ = collector.wait();
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    let (t, u) = (mean(&traced), mean(&untraced));
+    let untraced = mean(&runs[2]);
     println!(
         "span_cost: {requests} requests per run, {SPANS_PER_REQUEST} spans per request (HTTP server + gRPC client)"
     );
     println!();
     println!(
-        "| CPU µs per request | A1 traced | A2 traced | B1 untraced | B2 untraced | traced ÷ untraced | µs per span |"
+        "| gateway hop, in-process | CPU µs per request, run 1 | run 2 | ÷ untraced | µs per span over untraced |"
     );
-    println!("|:--|--:|--:|--:|--:|--:|--:|");
-    println!(
-        "| gateway hop, in-process | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
-        traced[0],
-        traced[1],
-        untraced[0],
-        untraced[1],
-        t / u,
-        (t - u) / SPANS_PER_REQUEST
-    );
+    println!("|:--|--:|--:|--:|--:|");
+    for ((_, label), figures) in VARIANTS.iter().zip(&runs) {
+        let m = mean(figures);
+        println!(
+            "| {label} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            figures[0],
+            figures[1],
+            m / untraced,
+            (m - untraced) / SPANS_PER_REQUEST
+        );
+    }
 }
 
 /// A variant's process: telemetry as the services start it, the loop, the flush; prints

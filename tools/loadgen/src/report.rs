@@ -100,6 +100,10 @@ pub struct ProcessFigures {
     pub cpu_ms: Option<u64>,
     /// Divided by every HTTP request sent during the load, tracking polls included.
     pub cpu_ms_per_request: Option<f64>,
+    /// Of `cpu_ms`, the threads that export telemetry (procstat.rs names them).
+    pub export_threads_cpu_ms: Option<u64>,
+    /// Divided as `cpu_ms_per_request` is.
+    pub export_threads_cpu_ms_per_request: Option<f64>,
     /// `VmHWM` at the end of the run.
     pub peak_rss_kib: Option<u64>,
 }
@@ -293,17 +297,21 @@ pub fn render(summary: &Summary) -> String {
 fn render_processes(out: &mut String, processes: &[ProcessFigures]) {
     let _ = writeln!(
         out,
-        "\n| process | CPU ms during the load | CPU ms per request | peak RSS MiB |\n|:--|--:|--:|--:|"
+        "\n| process | CPU ms during the load | CPU ms per request | of it, telemetry export threads | peak RSS MiB |\n|:--|--:|--:|--:|--:|"
     );
     for p in processes {
         let or_dash = |value: Option<String>| value.unwrap_or_else(|| "-".to_owned());
         let _ = writeln!(
             out,
-            "| {} (pid {}) | {} | {} | {} |",
+            "| {} (pid {}) | {} | {} | {} | {} |",
             p.name,
             p.pid,
             or_dash(p.cpu_ms.map(|ms| ms.to_string())),
             or_dash(p.cpu_ms_per_request.map(|ms| format!("{ms:.3}"))),
+            or_dash(
+                p.export_threads_cpu_ms_per_request
+                    .map(|ms| format!("{ms:.3}"))
+            ),
             or_dash(
                 p.peak_rss_kib
                     .map(|kib| format!("{:.1}", kib as f64 / 1024.0))
@@ -466,6 +474,8 @@ mod tests {
                 pid: 42,
                 cpu_ms: Some(300),
                 cpu_ms_per_request: Some(0.15),
+                export_threads_cpu_ms: Some(40),
+                export_threads_cpu_ms_per_request: Some(0.02),
                 peak_rss_kib: Some(12288),
             }],
             unreadable_bodies: 0,
@@ -492,7 +502,7 @@ mod tests {
         );
         assert!(table.contains("3 overflow"), "{table}");
         assert!(
-            table.contains("| gateway (pid 42) | 300 | 0.150 | 12.0 |"),
+            table.contains("| gateway (pid 42) | 300 | 0.150 | 0.020 | 12.0 |"),
             "{table}"
         );
         assert!(
@@ -526,5 +536,9 @@ mod tests {
         assert_eq!(json["open_loop"]["overflow"], 3);
         assert_eq!(json["http_requests"], 2000);
         assert_eq!(json["processes"][0]["cpu_ms_per_request"], 0.15);
+        assert_eq!(
+            json["processes"][0]["export_threads_cpu_ms_per_request"],
+            0.02
+        );
     }
 }

@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::cli::{Args, Load};
 use crate::mix::{Mix, Plan};
+use crate::procstat::CpuMs;
 use crate::report::{
     Idempotent, OpenLoop, Orders, Percentiles, ProcessFigures, RequestRow, Summary,
 };
@@ -72,7 +73,7 @@ pub async fn run(args: &Args, traced: bool, cancel: CancellationToken) -> anyhow
         .cpu_of
         .iter()
         .map(|process| process.cpu_ms())
-        .collect::<Result<Vec<u64>, String>>()
+        .collect::<Result<Vec<CpuMs>, String>>()
         .map_err(anyhow::Error::msg)?;
 
     let start = Instant::now();
@@ -113,16 +114,11 @@ pub async fn run(args: &Args, traced: bool, cancel: CancellationToken) -> anyhow
     let pending_at_load_end = stats.live.pending_orders.load(Ordering::Relaxed).max(0) as u64;
     let polls_during_load = stats.live.done[Kind::Poll as usize].load(Ordering::Relaxed);
     // A process that exited meanwhile has no figure; the others still do.
-    let cpu_during_load: Vec<Option<u64>> = args
+    let cpu_during_load: Vec<Option<CpuMs>> = args
         .cpu_of
         .iter()
         .zip(&cpu_before)
-        .map(|(process, before)| {
-            process
-                .cpu_ms()
-                .ok()
-                .map(|after| after.saturating_sub(*before))
-        })
+        .map(|(process, before)| process.cpu_ms().ok().map(|after| after.since(*before)))
         .collect();
 
     // The load's tasks have finished; dropping the last inbox tells the tracker that no
@@ -397,8 +393,8 @@ struct SummaryInputs<'a> {
     tracked: Option<Tracked>,
     pending_at_load_end: u64,
     polls_during_load: u64,
-    /// `--cpu-of`: each process, its CPU ms during the load, its peak RSS in KiB.
-    processes: Vec<(&'a crate::procstat::Watched, Option<u64>, Option<u64>)>,
+    /// `--cpu-of`: each process, its CPU time during the load, its peak RSS in KiB.
+    processes: Vec<(&'a crate::procstat::Watched, Option<CpuMs>, Option<u64>)>,
     start: Instant,
 }
 
@@ -463,14 +459,19 @@ fn summarise(inputs: SummaryInputs<'_>) -> Summary {
     let processes = inputs
         .processes
         .iter()
-        .map(|(process, cpu_ms, peak_rss_kib)| ProcessFigures {
-            name: process.name.clone(),
-            pid: process.pid,
-            cpu_ms: *cpu_ms,
-            cpu_ms_per_request: cpu_ms
-                .filter(|_| served_during_load > 0)
-                .map(|ms| ms as f64 / served_during_load as f64),
-            peak_rss_kib: *peak_rss_kib,
+        .map(|(process, cpu, peak_rss_kib)| {
+            let per_request =
+                |ms: u64| (served_during_load > 0).then(|| ms as f64 / served_during_load as f64);
+            ProcessFigures {
+                name: process.name.clone(),
+                pid: process.pid,
+                cpu_ms: cpu.map(|cpu| cpu.total),
+                cpu_ms_per_request: cpu.and_then(|cpu| per_request(cpu.total)),
+                export_threads_cpu_ms: cpu.map(|cpu| cpu.export_threads),
+                export_threads_cpu_ms_per_request: cpu
+                    .and_then(|cpu| per_request(cpu.export_threads)),
+                peak_rss_kib: *peak_rss_kib,
+            }
         })
         .collect();
     Summary {
