@@ -391,15 +391,7 @@ fn an_order_service_that_is_silent_then_gone_is_waited_out_and_the_order_complet
     let kafka = MockCluster::new(1).unwrap();
     kafka.create_topic(TOPIC, 3, 1).unwrap();
     let bootstrap = kafka.bootstrap_servers();
-    let data_dir = std::env::temp_dir().join(format!(
-        "dead-letters-test-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default()
-    ));
-    std::fs::create_dir_all(&data_dir).unwrap();
+    let data_dir = support::fresh_data_dir("dead-letters-test");
     let mut parts = Parts {
         kafka,
         order_service: service("order-service"),

@@ -237,13 +237,19 @@ fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
+/// A new, empty directory: the counter keeps tests on parallel threads apart, the time
+/// keeps this run apart from an earlier one that had the same process id.
 fn fresh_dir() -> PathBuf {
     static COUNT: AtomicU32 = AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
-        "lessons-{}-{}",
+        "lessons-{}-{}-{}",
         std::process::id(),
-        COUNT.fetch_add(1, Ordering::Relaxed)
+        COUNT.fetch_add(1, Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default()
     ));
-    std::fs::create_dir_all(&dir).expect("a data directory");
+    std::fs::create_dir(&dir).expect("a new data directory");
     dir
 }

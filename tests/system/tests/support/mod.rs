@@ -72,8 +72,7 @@ impl Stack {
         kafka.create_topic(TOPIC, 3, 1).expect("topic");
         let bootstrap = kafka.bootstrap_servers();
         let shutdown = CancellationToken::new();
-        let data_dir = std::env::temp_dir().join(format!("system-test-{}", uuid_like()));
-        std::fs::create_dir_all(&data_dir).expect("data dir");
+        let data_dir = fresh_data_dir("system-test");
 
         let mut order_service = Service::new("order-service");
         let mut config =
@@ -203,15 +202,23 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Opt
     }
 }
 
-fn uuid_like() -> String {
-    format!(
-        "{}-{}",
+/// A new, empty directory under the system's temp dir for one test's database. Unique
+/// within this process (the counter: tests run on parallel threads, and two of them once
+/// read the same clock value and shared a database) and across runs (the process id and
+/// the time: a reused process id must not find an earlier run's files).
+pub fn fresh_data_dir(prefix: &str) -> PathBuf {
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "{prefix}-{}-{}-{}",
         std::process::id(),
+        COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or_default()
-    )
+    ));
+    std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    dir
 }
 
 /// `n` ports that were free a moment ago, for service processes that bind them a moment
